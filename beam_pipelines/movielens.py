@@ -1,0 +1,699 @@
+"""MovieLens ratings -> deduplicated, split, tf.Transform-ed, sharded TFRecords.
+
+Usage::
+
+    python -m beam_pipelines.movielens --input u.data --output OUT \\
+        [--split random|given|temporal|leave_one_out] [--runner DataflowRunner ...]
+
+Owns the MovieLens raw formats (``u.data`` tab, ``ratings.dat`` ``::``, the header
+CSV of ML-20M/25M/latest, and the NCF ``.rating`` files), their validation, the
+four split protocols and sampled negatives. ``run(argv)`` is the only place that
+reads or writes; everything else is a pure function or a composite PTransform.
+
+Output (see ARCHITECTURE.md)::
+
+    OUT/train/part-*.tfrecord.gz  OUT/eval/part-*.tfrecord.gz   tf.Examples, transformed
+    OUT/transform_fn/  OUT/transformed_metadata/                  tf.Transform output
+    OUT/rejected/part-*.jsonl                                     every unused row + reason
+    OUT/dataset.json                                              counts that add up
+
+Rules:
+  * Every non-blank, non-header line lands in exactly one of train, eval,
+    rejected (malformed) or rejected (duplicate (user, item): the latest
+    rating wins; equal timestamps -> the later input position wins).
+  * Leave-one-out holds out each user's latest rating (same tie rule) and
+    samples ``--num-negatives`` items the user never rated, from all items of
+    the input, with a generator seeded by a stable hash of (seed, user). Users
+    with a single rating keep it in train and get no eval row.
+  * Splits and samples are made from stable hashes, so the same input and seed
+    give the same files on every rerun and runner.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions
+from apache_beam.pvalue import TaggedOutput
+
+from beam_pipelines import common
+from beam_pipelines import features as F
+
+FORMATS = ("tab", "dat", "csv", "ncf")
+DELIMITERS = {"tab": "\t", "ncf": "\t", "dat": "::", "csv": ","}
+SPLITS = ("random", "given", "temporal", "leave_one_out")
+OUTPUT_NAMES = ("train", "eval", "rejected", "transform_fn", "transformed_metadata", "dataset.json")
+SECONDS_PER_DAY = 86400
+TRAIN, EVAL = "train", "eval"
+INPUT_SIDE, EVAL_INPUT_SIDE = "input", "eval_input"
+
+
+class RowError(ValueError):
+    """A malformed row; the message is the reason written to ``rejected/``."""
+
+
+class Rating(NamedTuple):
+    """One parsed rating and where it came from."""
+
+    user: str
+    item: str
+    rating: float
+    timestamp: int
+    source: str
+    line: int
+    side: str  # INPUT_SIDE, or EVAL_INPUT_SIDE for --eval-input of a given split
+    text: str
+
+    def position(self) -> tuple[int, str, int]:
+        """Orders ratings by time, then input position (the documented tie rule)."""
+        return (self.timestamp, self.source, self.line)
+
+
+# --------------------------------------------------------------------------- parsing
+def detect_format(path: str, lines: Sequence[str]) -> str:
+    """Guesses a MovieLens file's format from its name and first lines.
+
+    Raises:
+      common.PipelineInputError: the format cannot be told.
+    """
+    name = os.path.basename(path).lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    if name.endswith(".rating"):
+        return "ncf"
+    first = next((line for line in lines if line.strip()), "")
+    if "::" in first:
+        return "dat"
+    if "\t" in first:
+        return "tab"
+    if "," in first:
+        return "csv"
+    raise common.PipelineInputError(
+        f"cannot tell the format of {path}: first line {first[:80]!r} has no tab, '::' or ','; "
+        f"pass --format ({'|'.join(FORMATS)})"
+    )
+
+
+def is_header(text: str, fmt: str) -> bool:
+    """A first line whose first field is a word (``userId``), not an id."""
+    first_field = text.split(DELIMITERS[fmt], 1)[0].strip().strip('"')
+    return bool(first_field) and not first_field.isdigit() and any(c.isalpha() for c in first_field)
+
+
+def _parse_id(value: str, what: str) -> str:
+    value = value.strip()
+    if not value:
+        raise RowError(f"empty {what}")
+    if not value.isdigit():
+        raise RowError(f"{what} {value[:40]!r} is not a non-negative integer")
+    return str(int(value))  # canonical: '007' and '7' are the same id
+
+
+def parse_rating_fields(text: str, fmt: str, rating_range: tuple[float, float]) -> tuple[str, str, float, int]:
+    """Parses one data line into ``(user, item, rating, timestamp)``.
+
+    Args:
+      text: the decoded line without its newline.
+      fmt: one of ``FORMATS``.
+      rating_range: inclusive ``(low, high)`` bounds of a valid rating.
+
+    Returns:
+      Canonical user id, item id, rating and unix timestamp (seconds).
+
+    Raises:
+      RowError: the line is malformed; the message says how.
+    """
+    delimiter = DELIMITERS[fmt]
+    fields = text.split(delimiter)
+    if len(fields) != 4:
+        shown = "tab" if delimiter == "\t" else repr(delimiter)
+        raise RowError(f"expected 4 {shown}-separated fields, found {len(fields)}")
+    user = _parse_id(fields[0], "user id")
+    item = _parse_id(fields[1], "item id")
+    raw_rating = fields[2].strip()
+    try:
+        rating = float(raw_rating)
+    except ValueError:
+        raise RowError(f"rating {raw_rating[:40]!r} is not a number") from None
+    if not math.isfinite(rating):
+        raise RowError(f"rating {raw_rating!r} is not finite")
+    low, high = rating_range
+    if not low <= rating <= high:
+        raise RowError(f"rating {rating:g} is outside [{low:g}, {high:g}]")
+    raw_timestamp = fields[3].strip()
+    try:
+        timestamp = int(raw_timestamp)
+    except ValueError:
+        raise RowError(f"timestamp {raw_timestamp[:40]!r} is not an integer") from None
+    if timestamp < 0:
+        raise RowError(f"timestamp {timestamp} is negative")
+    return user, item, rating, timestamp
+
+
+class ParseRatingLines(beam.DoFn):
+    """``(path, line, text)`` -> ``Rating``; tagged ``rejected`` for malformed rows.
+
+    Blank lines and a header on a file's first line are counted, not emitted.
+    """
+
+    def __init__(self, formats: dict[str, str], side: str, rating_range: tuple[float, float]):
+        super().__init__()
+        self._formats = formats
+        self._side = side
+        self._rating_range = rating_range
+        self._lines = common.count("lines_read")
+        self._blank = common.count("blank_lines")
+        self._header = common.count("header_lines")
+        self._rejected = common.count("rejected_rows")
+
+    def process(self, element: tuple[str, int, str]) -> Iterator[Any]:
+        path, number, text = element
+        self._lines()
+        if not text.strip():
+            self._blank()
+            return
+        fmt = self._formats[path]
+        if number == 1 and is_header(text, fmt):
+            self._header()
+            return
+        try:
+            user, item, rating, timestamp = parse_rating_fields(text, fmt, self._rating_range)
+        except RowError as error:
+            self._rejected()
+            yield TaggedOutput("rejected", common.rejection(path, number, str(error), text))
+            return
+        yield Rating(user, item, rating, timestamp, path, number, self._side, text)
+
+
+def keep_latest(ratings: Iterable[Rating]) -> tuple[Rating, list[Rating]]:
+    """Picks the latest of several ratings of one (user, item) pair.
+
+    Returns:
+      The kept rating and the superseded ones.
+    """
+    ordered = sorted(ratings, key=Rating.position)
+    return ordered[-1], ordered[:-1]
+
+
+def _drop_duplicates(key: Any, ratings: Iterable[Rating]) -> Iterator[Any]:
+    kept, dropped = keep_latest(ratings)
+    yield kept
+    for rating in dropped:
+        common.count("duplicates_dropped")()
+        reason = f"duplicate (user, item): superseded by {kept.source}:{kept.line}"
+        yield TaggedOutput("duplicates", common.rejection(rating.source, rating.line, reason, rating.text))
+
+
+# --------------------------------------------------------------------------- splits
+def is_random_eval(rating: Rating, seed: int, eval_fraction: float) -> bool:
+    """Random split by a stable hash of (seed, user, item)."""
+    return common.stable_fraction(seed, "split", rating.user, rating.item) < eval_fraction
+
+
+def temporal_cutoff_day(day_counts: Iterable[tuple[int, int]], eval_fraction: float) -> int:
+    """The first day D such that ratings on days >= D are at most ``eval_fraction``.
+
+    Whole days go to one side, so the eval share can fall a little short of the
+    fraction; ratings on or after D are the eval set.
+
+    Raises:
+      common.PipelineInputError: even the last day alone exceeds the fraction.
+    """
+    counts = sorted(day_counts)
+    total = sum(c for _, c in counts)
+    budget = eval_fraction * total
+    tail = 0
+    cutoff = None
+    for day, c in reversed(counts):
+        if tail + c > budget:
+            break
+        tail += c
+        cutoff = day
+    if cutoff is None or tail == 0:
+        raise common.PipelineInputError(
+            f"temporal split: the last day alone holds more than --eval-fraction {eval_fraction} of the ratings"
+        )
+    return cutoff
+
+
+def sample_negatives(all_items: Sequence[str], rated: set[str], count: int, seed: int) -> list[str]:
+    """Draws ``count`` distinct items the user never rated, reproducibly.
+
+    Args:
+      all_items: the sorted item catalogue.
+      rated: every item the user rated (train and held out).
+      count: how many negatives to draw.
+      seed: generator seed (a stable hash of the run seed and the user).
+
+    Returns:
+      The negatives in draw order; all unrated items when fewer than ``count`` exist.
+    """
+    # ``rated`` is a subset of the catalogue: both come from the same input.
+    if len(all_items) - len(rated) <= count:
+        return [item for item in all_items if item not in rated]
+    rng = np.random.default_rng(seed)
+    chosen: list[str] = []
+    seen: set[str] = set()
+    while len(chosen) < count:
+        for index in rng.integers(0, len(all_items), size=2 * (count - len(chosen)) + 8):
+            item = all_items[index]
+            if item in rated or item in seen:
+                continue
+            seen.add(item)
+            chosen.append(item)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def leave_one_out(
+    user: str, ratings: Iterable[Rating], all_items: Sequence[str], num_negatives: int, seed: int
+) -> Iterator[tuple[str, Rating, list[str]]]:
+    """Holds out the user's latest rating and samples its negatives.
+
+    Yields:
+      ``(TRAIN, rating, [])`` for training rows and one ``(EVAL, rating, negatives)``.
+    """
+    ordered = sorted(ratings, key=Rating.position)
+    if len(ordered) < 2:
+        common.count("loo_users_with_one_rating")()
+        for rating in ordered:
+            yield TRAIN, rating, []
+        return
+    for rating in ordered[:-1]:
+        yield TRAIN, rating, []
+    held_out = ordered[-1]
+    negatives: list[str] = []
+    if num_negatives:
+        rated = {r.item for r in ordered}
+        negatives = sample_negatives(
+            all_items, rated, num_negatives, common.stable_hash64(seed, "negatives", user)
+        )
+        if len(negatives) < num_negatives:
+            common.count("loo_users_short_of_negatives")()
+    yield EVAL, held_out, negatives
+
+
+def to_csv_record(rating: Rating, negatives: Sequence[str] = ()) -> bytes:
+    """The canonical CSV row handed to tf.Transform (column order of ``RAW_RATING_COLUMNS``)."""
+    return (
+        f"{rating.user},{rating.item},{rating.rating!r},{rating.timestamp},"
+        f"{F.LIST_SEPARATOR.join(negatives)}"
+    ).encode("utf-8")
+
+
+class SplitRatings(beam.PTransform):
+    """Deduplicated ``Rating``s -> ``{"train": csv rows, "eval": csv rows}``."""
+
+    def __init__(self, split: str, eval_fraction: float, seed: int, num_negatives: int):
+        super().__init__()
+        self._split = split
+        self._eval_fraction = eval_fraction
+        self._seed = seed
+        self._num_negatives = num_negatives
+
+    def expand(self, ratings):
+        seed, fraction = self._seed, self._eval_fraction
+        if self._split == "leave_one_out":
+            all_items = (
+                ratings
+                | "Items" >> beam.Map(lambda r: r.item)
+                | "DistinctItems" >> beam.Distinct()
+                | "ItemList" >> beam.combiners.ToList()
+                | "SortItems" >> beam.Map(sorted)
+            )
+            num_negatives = self._num_negatives
+            assigned = (
+                ratings
+                | "KeyByUser" >> beam.Map(lambda r: (r.user, r))
+                | "GroupByUser" >> beam.GroupByKey()
+                | "LeaveOneOut"
+                >> beam.FlatMapTuple(
+                    lambda user, rs, items: leave_one_out(user, rs, items, num_negatives, seed),
+                    items=beam.pvalue.AsSingleton(all_items),
+                )
+            )
+        elif self._split == "temporal":
+            cutoff = (
+                ratings
+                | "Day" >> beam.Map(lambda r: r.timestamp // SECONDS_PER_DAY)
+                | "CountPerDay" >> beam.combiners.Count.PerElement()
+                | "DayCounts" >> beam.combiners.ToList()
+                | "CutoffDay" >> beam.Map(lambda counts: _record_cutoff(temporal_cutoff_day(counts, fraction)))
+            )
+            assigned = ratings | "AssignByTime" >> beam.Map(
+                lambda r, day: (EVAL if r.timestamp // SECONDS_PER_DAY >= day else TRAIN, r, []),
+                day=beam.pvalue.AsSingleton(cutoff),
+            )
+        elif self._split == "given":
+            assigned = ratings | "AssignBySide" >> beam.Map(
+                lambda r: (EVAL if r.side == EVAL_INPUT_SIDE else TRAIN, r, [])
+            )
+        else:
+            assigned = ratings | "AssignByHash" >> beam.Map(
+                lambda r: (EVAL if is_random_eval(r, seed, fraction) else TRAIN, r, [])
+            )
+        parts = assigned | "Partition" >> beam.Partition(lambda a, _: 0 if a[0] == TRAIN else 1, 2)
+        return {
+            TRAIN: parts[0] | "EncodeTrain" >> beam.Map(_encode_counted, TRAIN),
+            EVAL: parts[1] | "EncodeEval" >> beam.Map(_encode_counted, EVAL),
+        }
+
+
+def _record_cutoff(day: int) -> int:
+    """Passes the cutoff on and records it (a counter incremented once by its value)."""
+    common.count("temporal_cutoff_day_value")(day)
+    return day
+
+
+def _encode_counted(assigned: tuple[str, Rating, list[str]], partition: str) -> bytes:
+    _, rating, negatives = assigned
+    common.count(f"{partition}_rows")()
+    if negatives:
+        common.count("eval_negatives")()
+    return to_csv_record(rating, negatives)
+
+
+# --------------------------------------------------------------------------- tf.Transform
+def preprocessing_fn(inputs: dict[str, Any]) -> dict[str, Any]:
+    """tf.Transform: id vocabularies (train side) and rating statistics.
+
+    Unknown ids map to the OOV index (= vocabulary size); the model answers them
+    with its defined fallback (see ``trainer.models.mf``).
+    """
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    rating = inputs[F.RATING]
+    item_vocab = tft.vocabulary(inputs[F.ITEM_ID], vocab_filename=F.ITEM_VOCAB)
+    ones = tf.ones_like(rating)
+    return {
+        F.USER_INDEX: tft.compute_and_apply_vocabulary(
+            inputs[F.USER_ID], vocab_filename=F.USER_VOCAB, num_oov_buckets=1
+        ),
+        F.ITEM_INDEX: tft.apply_vocabulary(inputs[F.ITEM_ID], item_vocab, num_oov_buckets=1),
+        F.NEGATIVE_ITEM_INDEX: tft.apply_vocabulary(inputs[F.NEGATIVE_ITEM_IDS], item_vocab, num_oov_buckets=1),
+        F.RATING: rating,
+        F.TIMESTAMP: inputs[F.TIMESTAMP],
+        F.RATING_MEAN: ones * tft.mean(rating),
+        F.RATING_MIN: ones * tft.min(rating),
+        F.RATING_MAX: ones * tft.max(rating),
+    }
+
+
+class TransformAndWrite(beam.PTransform):
+    """Canonical CSV rows -> tf.Transform (the TFXIO path, see PITFALLS) -> TFRecord shards.
+
+    Analyzes the train rows only, transforms train and eval with the same
+    ``transform_fn`` and writes it beside the data.
+    """
+
+    def __init__(self, output: str, temp_dir: str, num_shards: int):
+        super().__init__()
+        self._output = output
+        self._temp_dir = temp_dir
+        self._num_shards = num_shards
+
+    def expand(self, rows: dict[str, Any]):
+        import tensorflow_transform.beam as tft_beam
+        from tensorflow_transform.tf_metadata import schema_utils
+        from tfx_bsl.coders import example_coder
+        from tfx_bsl.public import tfxio
+
+        csv_tfxio = tfxio.BeamRecordCsvTFXIO(
+            physical_format="text",
+            column_names=list(F.RAW_RATING_COLUMNS),
+            schema=schema_utils.schema_from_feature_spec(F.raw_rating_feature_spec()),
+            multivalent_columns=[F.NEGATIVE_ITEM_IDS],
+            secondary_delimiter=F.LIST_SEPARATOR,
+        )
+        config = csv_tfxio.TensorAdapterConfig()
+        with tft_beam.Context(temp_dir=self._temp_dir):
+            raw_train = rows[TRAIN] | "DecodeTrain" >> csv_tfxio.BeamSource()
+            raw_eval = rows[EVAL] | "DecodeEval" >> csv_tfxio.BeamSource()
+            (train, _), transform_fn = (raw_train, config) | "AnalyzeAndTransform" >> (
+                tft_beam.AnalyzeAndTransformDataset(preprocessing_fn, output_record_batches=True)
+            )
+            eval_, _ = ((raw_eval, config), transform_fn) | "TransformEval" >> tft_beam.TransformDataset(
+                output_record_batches=True
+            )
+            written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(self._output)
+
+        def to_examples(batch_and_passthrough):
+            return example_coder.RecordBatchToExamples(batch_and_passthrough[0])
+
+        for name, data in ((TRAIN, train), (EVAL, eval_)):
+            _ = (
+                data
+                | f"ToExamples{name.title()}" >> beam.FlatMap(to_examples)
+                | f"Write{name.title()}"
+                >> common.WriteDeterministicShards(
+                    common.join_path(self._output, name, "part"), self._num_shards
+                )
+            )
+        return written
+
+
+# --------------------------------------------------------------------------- wiring
+class ReadRatings(beam.PTransform):
+    """Files -> ``{"ratings": deduplicated Rating, "rejected": JSON rows}``."""
+
+    def __init__(self, files_by_side: dict[str, list[str]], formats: dict[str, str], rating_range):
+        super().__init__()
+        self._files_by_side = files_by_side
+        self._formats = formats
+        self._rating_range = rating_range
+
+    def expand(self, pbegin):
+        parsed, rejected = [], []
+        for side, files in sorted(self._files_by_side.items()):
+            label = "Eval" if side == EVAL_INPUT_SIDE else ""
+            result = (
+                pbegin
+                | f"Read{label}Lines" >> common.ReadPositionedLines(files)
+                | f"Parse{label}Lines"
+                >> beam.ParDo(ParseRatingLines(self._formats, side, self._rating_range)).with_outputs(
+                    "rejected", main="ratings"
+                )
+            )
+            parsed.append(result.ratings)
+            rejected.append(result.rejected)
+        deduped = (
+            parsed
+            | "FlattenSides" >> beam.Flatten()
+            | "KeyByPair" >> beam.Map(lambda r: ((r.side, r.user, r.item), r))
+            | "GroupByPair" >> beam.GroupByKey()
+            | "KeepLatest" >> beam.FlatMapTuple(_drop_duplicates).with_outputs("duplicates", main="ratings")
+        )
+        all_rejected = (*rejected, deduped.duplicates) | "FlattenRejected" >> beam.Flatten()
+        return {"ratings": deduped.ratings, "rejected": all_rejected}
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_pipelines.movielens",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any other flag is a Beam pipeline option (--runner, --project, --region, "
+        "--temp_location, --setup_file, ...).",
+    )
+    parser.add_argument("--input", required=True, help="ratings file or glob (local or gs://)")
+    parser.add_argument("--output", required=True, help="output directory (local or gs://)")
+    parser.add_argument("--format", default="auto", choices=("auto", *FORMATS))
+    parser.add_argument("--split", default="random", choices=SPLITS)
+    parser.add_argument("--eval-fraction", type=float, default=0.1)
+    parser.add_argument("--eval-input", help="eval file or glob for --split given (e.g. u1.test)")
+    parser.add_argument("--num-negatives", type=int, default=99, help="leave_one_out: negatives per eval user")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-shards", type=int, default=8)
+    parser.add_argument("--max-rejected-fraction", type=float, default=0.01)
+    parser.add_argument("--rating-range", default="0,5", help="inclusive LOW,HIGH of a valid rating")
+    return parser.parse_known_args(argv)
+
+
+def _validate(args: argparse.Namespace) -> tuple[float, float]:
+    if args.split == "given" and not args.eval_input:
+        raise common.PipelineInputError("--split given needs --eval-input (e.g. u1.test)")
+    if args.eval_input and args.split != "given":
+        raise common.PipelineInputError("--eval-input is only used with --split given")
+    if args.split in ("random", "temporal") and not 0.0 < args.eval_fraction < 1.0:
+        raise common.PipelineInputError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction}")
+    if args.num_shards < 1:
+        raise common.PipelineInputError(f"--num-shards must be >= 1, got {args.num_shards}")
+    if args.num_negatives < 0:
+        raise common.PipelineInputError(f"--num-negatives must be >= 0, got {args.num_negatives}")
+    if not 0.0 <= args.max_rejected_fraction <= 1.0:
+        raise common.PipelineInputError("--max-rejected-fraction must be in [0, 1]")
+    try:
+        low, high = (float(v) for v in args.rating_range.split(","))
+    except ValueError:
+        raise common.PipelineInputError(f"--rating-range must be LOW,HIGH, got {args.rating_range!r}") from None
+    return low, high
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict[str, Any]:
+    """Runs the pipeline and returns the ``dataset.json`` payload.
+
+    Raises:
+      common.PipelineInputError: bad flags, unreadable input, or too many rejects.
+    """
+    args, beam_args = parse_args(argv)
+    rating_range = _validate(args)
+    files_by_side = {INPUT_SIDE: common.match_files(args.input, "--input")}
+    if args.eval_input:
+        files_by_side[EVAL_INPUT_SIDE] = common.match_files(args.eval_input, "--eval-input")
+    formats = {
+        path: (args.format if args.format != "auto" else detect_format(path, common.first_lines(path)))
+        for files in files_by_side.values()
+        for path in files
+    }
+    common.clear_outputs(args.output, OUTPUT_NAMES)
+
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    local_temp = None if temp_location else tempfile.mkdtemp(prefix="movielens-tft-")
+    temp_dir = common.join_path(temp_location, "tft") if temp_location else local_temp
+
+    started = time.time()
+    pipeline = beam.Pipeline(options=options)
+    read = pipeline | "ReadRatings" >> ReadRatings(files_by_side, formats, rating_range)
+    rows = read["ratings"] | "Split" >> SplitRatings(
+        args.split, args.eval_fraction, args.seed, args.num_negatives
+    )
+    _ = rows | "TransformAndWrite" >> TransformAndWrite(args.output, temp_dir, args.num_shards)
+    _ = (
+        read["rejected"]
+        | "EncodeRejected" >> beam.Map(common.encode_json_line)
+        | "WriteRejected"
+        >> common.WriteDeterministicShards(common.join_path(args.output, "rejected", "part"), 1, kind="jsonl")
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    if local_temp:
+        shutil.rmtree(local_temp, ignore_errors=True)
+    counts = common.read_counters(result)
+    summary = summarize(args, files_by_side, formats, counts, time.time() - started)
+    _check_rejects(args, summary)
+    common.write_json(common.join_path(args.output, "dataset.json"), summary)
+    logging.info("Wrote %s", common.join_path(args.output, "dataset.json"))
+    return summary
+
+
+def summarize(
+    args: argparse.Namespace,
+    files_by_side: dict[str, list[str]],
+    formats: dict[str, str],
+    counters: dict[str, int],
+    seconds: float,
+) -> dict[str, Any]:
+    """Builds ``dataset.json``: sources, split protocol, counts, vocabularies, statistics."""
+    import tensorflow_transform as tft
+
+    names = (
+        "lines_read", "header_lines", "blank_lines", "rejected_rows", "duplicates_dropped",
+        "train_rows", "eval_rows", "eval_negatives", "loo_users_with_one_rating",
+        "loo_users_short_of_negatives",
+    )
+    counts = {name: counters.get(name, 0) for name in names}
+    accounted = sum(
+        counts[n] for n in ("header_lines", "blank_lines", "rejected_rows", "duplicates_dropped", "train_rows", "eval_rows")
+    )
+    transform_output = tft.TFTransformOutput(args.output)
+    stats = _rating_statistics(transform_output)
+    split: dict[str, Any] = {"protocol": args.split, "seed": args.seed}
+    if args.split in ("random", "temporal"):
+        split["eval_fraction"] = args.eval_fraction
+    if args.split == "leave_one_out":
+        split["num_negatives"] = args.num_negatives
+        split["tie_rule"] = "latest timestamp; equal timestamps -> later (file path, line)"
+    if args.split == "temporal":
+        split["cutoff_day"] = counters.get("temporal_cutoff_day_value")
+    return {
+        "dataset": "movielens",
+        "sources": [
+            {"path": path, "side": side, "format": formats[path], "sha256": common.sha256_of(path)}
+            for side, files in sorted(files_by_side.items())
+            for path in files
+        ],
+        "split": split,
+        "counts": counts,
+        "accounting": {
+            "rule": "lines_read = header_lines + blank_lines + rejected_rows + duplicates_dropped + train_rows + eval_rows",
+            "accounted": accounted,
+            "balanced": accounted == counts["lines_read"],
+        },
+        "vocabulary": {
+            "user": transform_output.vocabulary_size_by_name(F.USER_VOCAB),
+            "item": transform_output.vocabulary_size_by_name(F.ITEM_VOCAB),
+        },
+        "rating_stats": stats,
+        "num_shards": args.num_shards,
+        "rejected_fraction": counts["rejected_rows"] / max(1, counts["lines_read"] - counts["header_lines"] - counts["blank_lines"]),
+        "pipeline_seconds": round(seconds, 2),
+    }
+
+
+def _rating_statistics(transform_output) -> dict[str, float]:
+    """Reads the tf.Transform rating statistics out of the transform graph."""
+    import tensorflow as tf
+
+    layer = transform_output.transform_features_layer()
+    outputs = layer(
+        {
+            F.USER_ID: tf.constant([""]),
+            F.ITEM_ID: tf.constant([""]),
+            F.RATING: tf.constant([0.0]),
+            F.TIMESTAMP: tf.constant([0], tf.int64),
+            F.NEGATIVE_ITEM_IDS: tf.sparse.from_dense(tf.constant([[""]]))
+        }
+    )
+    return {
+        "mean": float(outputs[F.RATING_MEAN][0]),
+        "min": float(outputs[F.RATING_MIN][0]),
+        "max": float(outputs[F.RATING_MAX][0]),
+    }
+
+
+def _check_rejects(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    if summary["rejected_fraction"] <= args.max_rejected_fraction:
+        return
+    examples = "; ".join(
+        f"{os.path.basename(r['source'])}:{r['line']}: {r['reason']} ({r['text'][:60]!r})"
+        for r in common.first_rejections(args.output)
+        if not r["reason"].startswith("duplicate")
+    )
+    raise common.PipelineInputError(
+        f"{summary['counts']['rejected_rows']} of the rows of {args.input} were rejected "
+        f"({summary['rejected_fraction']:.2%} > --max-rejected-fraction {args.max_rejected_fraction:.2%}); "
+        f"first: {examples}; all in {common.join_path(args.output, 'rejected')}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.getLogger().setLevel(logging.INFO if os.environ.get("VERBOSE") else logging.WARNING)
+    try:
+        summary = run(argv)
+    except common.PipelineInputError as error:
+        print(f"movielens pipeline: error: {error}", file=sys.stderr)
+        return 2
+    counts = summary["counts"]
+    print(
+        f"movielens pipeline: {counts['train_rows']} train, {counts['eval_rows']} eval, "
+        f"{counts['rejected_rows']} rejected, {counts['duplicates_dropped']} duplicates dropped; "
+        f"{summary['vocabulary']['user']} users, {summary['vocabulary']['item']} items; "
+        f"{summary['pipeline_seconds']} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

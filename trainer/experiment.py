@@ -1,0 +1,188 @@
+"""One training run: data -> model (in the strategy scope) -> fit -> evaluate -> export.
+
+Owns the fit loop wiring (callbacks, steps, global batch), exact evaluation of the
+eval split with the pure functions in ``trainer.metrics``, and the job outputs::
+
+    JOB/export/ (or $AIP_MODEL_DIR)   JOB/checkpoints/   JOB/backup/ (or $AIP_CHECKPOINT_DIR)
+    JOB/tensorboard/ (or $AIP_TENSORBOARD_LOG_DIR)       JOB/metrics.json
+    JOB/config.resolved.yaml          JOB/plots/loss.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from beam_pipelines import features as F
+from trainer import config as config_lib
+from trainer import data, distribute, export, metrics, models, plots
+
+
+class TrainingError(RuntimeError):
+    """Training went wrong in a way the user can act on (e.g. a non-finite loss)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobPaths:
+    """Where a job writes; Vertex AI's ``AIP_*`` variables win over ``--job-dir``."""
+
+    job_dir: str
+    export: str
+    checkpoints: str
+    backup: str
+    tensorboard: str
+
+    @classmethod
+    def from_env(cls, job_dir: str, environ: Mapping[str, str]) -> "JobPaths":
+        job_dir = job_dir.rstrip("/")
+        return cls(
+            job_dir=job_dir,
+            export=environ.get("AIP_MODEL_DIR") or f"{job_dir}/export",
+            checkpoints=f"{job_dir}/checkpoints",
+            backup=environ.get("AIP_CHECKPOINT_DIR") or f"{job_dir}/backup",
+            tensorboard=environ.get("AIP_TENSORBOARD_LOG_DIR") or f"{job_dir}/tensorboard",
+        )
+
+
+class _StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
+    """Turns a NaN/inf loss into one clear error instead of a silently broken model."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingError(
+                f"loss became {float(loss)} in epoch {epoch + 1}; lower train.learning_rate or raise the L2 terms"
+            )
+
+
+def make_optimizer(train: Mapping[str, Any]) -> tf.keras.optimizers.Optimizer:
+    name = train["optimizer"].lower()
+    rate = float(train["learning_rate"])
+    if name == "adam":
+        return tf.keras.optimizers.Adam(rate)
+    if name == "adagrad":
+        return tf.keras.optimizers.Adagrad(rate)
+    if name == "sgd":
+        return tf.keras.optimizers.SGD(rate, momentum=0.9)
+    raise config_lib.ConfigError(f"unknown train.optimizer {name!r}; valid: adam, adagrad, sgd")
+
+
+def evaluate_ratings(model: tf.keras.Model, info: data.DataInfo, batch_size: int) -> dict[str, float]:
+    """RMSE and MAE over every eval row (exact, single process)."""
+    keys = (F.USER_INDEX, F.ITEM_INDEX, F.RATING)
+    predict = tf.function(lambda features: model(features, training=False))
+    predictions, targets = [], []
+    for batch in data.local_dataset(info, "eval", batch_size, keys=keys):
+        predictions.append(predict(batch).numpy())
+        targets.append(batch[F.RATING].numpy())
+    if not predictions:
+        return {}
+    predicted, actual = np.concatenate(predictions), np.concatenate(targets)
+    return {"rmse": metrics.rmse(predicted, actual), "mae": metrics.mae(predicted, actual), "num_examples": int(actual.size)}
+
+
+def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Trains, evaluates and exports one model.
+
+    Args:
+      config: a resolved config (``trainer.config.resolve``).
+      data_dir: a pipeline output directory.
+      job_dir: where the job writes (see the module docstring).
+      environ: process environment (``TF_CONFIG``, ``AIP_*``); defaults to ``os.environ``.
+
+    Returns:
+      The ``metrics.json`` payload.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    started = time.time()
+    task = distribute.task_info(environ)
+    spec = models.REGISTRY[config["model"]]
+    model_config = config_lib.model_config(config)
+    train = config["train"]
+    paths = JobPaths.from_env(job_dir, environ)
+    info = data.load_data_info(data_dir, spec.required_features)
+    if task.is_lead:
+        tf.io.gfile.makedirs(paths.job_dir)
+        with tf.io.gfile.GFile(f"{paths.job_dir}/config.resolved.yaml", "w") as handle:
+            handle.write(config_lib.dump(config))
+
+    tf.keras.utils.set_random_seed(int(train["seed"]))
+    strategy = distribute.make_strategy(task)
+    replicas = strategy.num_replicas_in_sync
+    per_replica_batch = int(train["batch_size"])
+    global_batch = per_replica_batch * replicas
+    with strategy.scope():
+        model = spec.build_model(model_config, info, global_batch)
+        model.compile(optimizer=make_optimizer(train))
+
+    steps = int(train["steps_per_epoch"] or data.steps_for(info.train_rows, global_batch))
+    train_ds = data.distributed_dataset(
+        strategy, info, "train", per_replica_batch,
+        shuffle=True, shuffle_buffer=int(train["shuffle_buffer"]), seed=int(train["seed"]), repeat=True,
+        keys=spec.required_features,
+    )
+    validation = {}
+    if train["validate_every_epoch"] and info.eval_rows > 0:
+        # Repeated with a fixed step count under several workers, whose shards differ in size.
+        validation = {
+            "validation_data": data.distributed_dataset(
+                strategy, info, "eval", int(train["eval_batch_size"]),
+                shuffle=False, shuffle_buffer=0, seed=0, repeat=task.is_distributed, keys=spec.required_features,
+            ),
+            "validation_steps": data.steps_for(info.eval_rows, int(train["eval_batch_size"]) * replicas)
+            if task.is_distributed else None,
+        }
+    callbacks = [
+        _StopOnNonFiniteLoss(),
+        tf.keras.callbacks.BackupAndRestore(paths.backup),
+        tf.keras.callbacks.TensorBoard(paths.tensorboard, update_freq="epoch", profile_batch=0),
+        tf.keras.callbacks.ModelCheckpoint(f"{paths.checkpoints}/epoch-{{epoch:03d}}", save_weights_only=True),
+    ]
+    logging.info("%s: %d replica(s), global batch %d, %d steps/epoch", task.name, replicas, global_batch, steps)
+    fit_started = time.time()
+    history = model.fit(
+        train_ds, epochs=int(train["epochs"]), steps_per_epoch=steps, callbacks=callbacks,
+        verbose=2 if task.is_lead else 0, **validation,
+    )
+    train_seconds = time.time() - fit_started
+    epochs_run = len(history.history.get("loss", []))
+
+    eval_started = time.time()
+    evaluation = evaluate_ratings(model, info, int(train["eval_batch_size"])) if info.eval_rows else {}
+    eval_seconds = time.time() - eval_started
+
+    export_started = time.time()
+    kept = export.export_rating_model(model, info, paths.export, task.is_lead)
+    export_seconds = time.time() - export_started
+
+    result = {
+        "model": config["model"],
+        "data": data_dir,
+        "split": info.summary.get("split"),
+        "eval": evaluation,
+        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        "timings": {
+            "train_seconds": round(train_seconds, 3),
+            "eval_seconds": round(eval_seconds, 3),
+            "export_seconds": round(export_seconds, 3),
+            "total_seconds": round(time.time() - started, 3),
+            "train_examples_per_second": round(epochs_run * steps * global_batch / max(train_seconds, 1e-9), 1),
+        },
+        "replicas": replicas,
+        "global_batch_size": global_batch,
+        "steps_per_epoch": steps,
+        "export_dir": kept,
+    }
+    if task.is_lead:
+        tf.io.gfile.makedirs(f"{paths.job_dir}/plots")
+        plots.loss_curves(history.history, f"{paths.job_dir}/plots/loss.png", f"{config['model']} on {os.path.basename(data_dir.rstrip('/'))}")
+        with tf.io.gfile.GFile(f"{paths.job_dir}/metrics.json", "w") as handle:
+            handle.write(json.dumps(result, indent=2) + "\n")
+    return result

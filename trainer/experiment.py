@@ -121,6 +121,8 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
     with strategy.scope():
         model = spec.build_model(model_config, info, global_batch)
         model.compile(optimizer=make_optimizer(train))
+        # Build the variables before fit(): BackupAndRestore needs a built model.
+        model(next(iter(data.local_dataset(info, "train", 2, keys=spec.required_features))))
 
     steps = int(train["steps_per_epoch"] or data.steps_for(info.train_rows, global_batch))
     train_ds = data.distributed_dataset(

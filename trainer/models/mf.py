@@ -69,6 +69,15 @@ class MatrixFactorization(tfrs.models.Model):
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse"), tf.keras.metrics.MeanAbsoluteError(name="mae")],
         )
 
+    def get_config(self):
+        return {
+            "config": dataclasses.asdict(self.config),
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "rating_range": list(self.rating_range),
+            "global_batch_size": self.global_batch_size,
+        }
+
     def _factors(self, features):
         users = features[F.USER_INDEX]
         items = features[F.ITEM_INDEX]
@@ -92,7 +101,9 @@ class MatrixFactorization(tfrs.models.Model):
     def compute_loss(self, features, training: bool = False):
         p, q, b_u, b_i = self._factors(features)
         prediction = self._predict(p, q, b_u, b_i, training=training)
-        loss = self.task(labels=features[F.RATING], predictions=prediction, training=training)
+        # [batch, 1]: Keras' MSE averages over the last axis, so 1-D inputs would
+        # collapse to one number before the SUM reduction.
+        loss = self.task(labels=features[F.RATING][:, None], predictions=prediction[:, None], training=training)
         penalty = self.config.l2_embedding * (tf.reduce_sum(p * p) + tf.reduce_sum(q * q)) + self.config.l2_bias * (
             tf.reduce_sum(b_u * b_u) + tf.reduce_sum(b_i * b_i)
         )

@@ -1,0 +1,31 @@
+"""Package definition; also Dataflow's ``--setup_file`` (workers install the same code).
+
+The pins are a set measured to install together on Python 3.11 (see
+../shared/docs/PITFALLS.md): TF 2.21 + tf-keras 2.21 (Keras 2 for TF-GNN and
+TFRS), tf.Transform 1.21, TF-GNN 1.0.3, TFRS 0.7.7, Beam 2.77.
+"""
+import setuptools
+
+REQUIRED = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tf-keras==2.21.0",
+    "tensorflow-transform==1.21.0",
+    "tensorflow-recommenders==0.7.7",
+    "tensorflow-gnn==1.0.3",
+    "google-cloud-aiplatform==1.165.1",
+    "google-cloud-storage==3.17.1",
+    "tensorboard==2.21.0",  # TF 2.21 no longer brings it; the TensorBoard callback needs it
+    "matplotlib>=3.8",
+    "PyYAML>=6.0",
+]
+
+setuptools.setup(
+    name="recsys-pipelines",
+    version="0.1.0",
+    description="Beam/Dataflow pipelines and TensorFlow trainers for recommenders and graph models",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*", "tools", "tools.*"]),
+    install_requires=REQUIRED,
+    extras_require={"test": ["pytest>=8"]},
+)

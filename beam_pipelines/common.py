@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 import logging
 import struct
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -190,7 +191,8 @@ class WriteDeterministicShards(beam.PTransform):
 
     def expand(self, records):
         n = self._num_shards
-        keyed = records | "KeyByShard" >> beam.Map(lambda b: (stable_hash64(b) % n, b))
+        # crc32 is stable across processes and ~10x cheaper than blake2b here.
+        keyed = records | "KeyByShard" >> beam.Map(lambda b: (zlib.crc32(b) % n, b))
         every_shard = records.pipeline | "EveryShard" >> beam.Create([(i, None) for i in range(n)])
         return (
             (keyed, every_shard)
@@ -213,9 +215,14 @@ class WriteDeterministicShards(beam.PTransform):
 
 
 # --------------------------------------------------------------------------- counters
-def count(name: str) -> Callable[[], None]:
+def counter(name: str):
     """A Beam counter in the pipeline namespace (exact for batch pipelines)."""
-    return Metrics.counter(COUNTER_NAMESPACE, name).inc
+    return Metrics.counter(COUNTER_NAMESPACE, name)
+
+
+def count(name: str) -> Callable[..., None]:
+    """The ``inc`` of a pipeline counter, for DoFns that bind it once in ``__init__``."""
+    return counter(name).inc
 
 
 def read_counters(result) -> dict[str, int]:

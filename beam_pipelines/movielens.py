@@ -57,6 +57,15 @@ TRAIN, EVAL = "train", "eval"
 INPUT_SIDE, EVAL_INPUT_SIDE = "input", "eval_input"
 
 
+# Counters used outside DoFn instances are created once, not per element.
+_DUPLICATES_DROPPED = common.counter("duplicates_dropped")
+_EVAL_NEGATIVES = common.counter("eval_negatives")
+_ROWS = {TRAIN: common.counter("train_rows"), EVAL: common.counter("eval_rows")}
+_LOO_ONE_RATING = common.counter("loo_users_with_one_rating")
+_LOO_SHORT = common.counter("loo_users_short_of_negatives")
+_CUTOFF_DAY = common.counter("temporal_cutoff_day_value")
+
+
 class RowError(ValueError):
     """A malformed row; the message is the reason written to ``rejected/``."""
 
@@ -204,11 +213,11 @@ def keep_latest(ratings: Iterable[Rating]) -> tuple[Rating, list[Rating]]:
     return ordered[-1], ordered[:-1]
 
 
-def _drop_duplicates(key: Any, ratings: Iterable[Rating]) -> Iterator[Any]:
-    kept, dropped = keep_latest(ratings)
+def _drop_duplicates(key: Any, ratings: Iterable[tuple]) -> Iterator[Any]:
+    kept, dropped = keep_latest(Rating._make(r) for r in ratings)
     yield kept
     for rating in dropped:
-        common.count("duplicates_dropped")()
+        _DUPLICATES_DROPPED.inc()
         reason = f"duplicate (user, item): superseded by {kept.source}:{kept.line}"
         yield TaggedOutput("duplicates", common.rejection(rating.source, rating.line, reason, rating.text))
 
@@ -285,7 +294,7 @@ def leave_one_out(
     """
     ordered = sorted(ratings, key=Rating.position)
     if len(ordered) < 2:
-        common.count("loo_users_with_one_rating")()
+        _LOO_ONE_RATING.inc()
         for rating in ordered:
             yield TRAIN, rating, []
         return
@@ -299,7 +308,7 @@ def leave_one_out(
             all_items, rated, num_negatives, common.stable_hash64(seed, "negatives", user)
         )
         if len(negatives) < num_negatives:
-            common.count("loo_users_short_of_negatives")()
+            _LOO_SHORT.inc()
     yield EVAL, held_out, negatives
 
 
@@ -334,11 +343,13 @@ class SplitRatings(beam.PTransform):
             num_negatives = self._num_negatives
             assigned = (
                 ratings
-                | "KeyByUser" >> beam.Map(lambda r: (r.user, r))
+                | "KeyByUser" >> beam.Map(lambda r: (r.user, tuple(r)))
                 | "GroupByUser" >> beam.GroupByKey()
                 | "LeaveOneOut"
-                >> beam.FlatMapTuple(
-                    lambda user, rs, items: leave_one_out(user, rs, items, num_negatives, seed),
+                >> beam.FlatMap(
+                    lambda group, items: leave_one_out(
+                        group[0], map(Rating._make, group[1]), items, num_negatives, seed
+                    ),
                     items=beam.pvalue.AsSingleton(all_items),
                 )
             )
@@ -371,15 +382,15 @@ class SplitRatings(beam.PTransform):
 
 def _record_cutoff(day: int) -> int:
     """Passes the cutoff on and records it (a counter incremented once by its value)."""
-    common.count("temporal_cutoff_day_value")(day)
+    _CUTOFF_DAY.inc(day)
     return day
 
 
 def _encode_counted(assigned: tuple[str, Rating, list[str]], partition: str) -> bytes:
     _, rating, negatives = assigned
-    common.count(f"{partition}_rows")()
+    _ROWS[partition].inc()
     if negatives:
-        common.count("eval_negatives")()
+        _EVAL_NEGATIVES.inc(len(negatives))
     return to_csv_record(rating, negatives)
 
 
@@ -490,7 +501,8 @@ class ReadRatings(beam.PTransform):
         deduped = (
             parsed
             | "FlattenSides" >> beam.Flatten()
-            | "KeyByPair" >> beam.Map(lambda r: ((r.side, r.user, r.item), r))
+            # Plain tuples across the shuffle: Beam's fast coder handles them natively.
+            | "KeyByPair" >> beam.Map(lambda r: ((r.side, r.user, r.item), tuple(r)))
             | "GroupByPair" >> beam.GroupByKey()
             | "KeepLatest" >> beam.FlatMapTuple(_drop_duplicates).with_outputs("duplicates", main="ratings")
         )

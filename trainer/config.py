@@ -23,6 +23,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 1024,  # per replica; the global batch is this x replicas
     "learning_rate": 0.005,
     "optimizer": "adam",  # adam | adagrad | sgd
+    "lr_schedule": "constant",  # constant | cosine (decays to 0 over all steps)
     "shuffle_buffer": 100_000,
     "seed": 0,
     "steps_per_epoch": None,  # None: one pass over the train rows of dataset.json

@@ -62,9 +62,14 @@ class _StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
             )
 
 
-def make_optimizer(train: Mapping[str, Any]) -> tf.keras.optimizers.Optimizer:
+def make_optimizer(train: Mapping[str, Any], total_steps: int) -> tf.keras.optimizers.Optimizer:
     name = train["optimizer"].lower()
-    rate = float(train["learning_rate"])
+    rate: Any = float(train["learning_rate"])
+    schedule = train["lr_schedule"]
+    if schedule == "cosine":
+        rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, total_steps))
+    elif schedule != "constant":
+        raise config_lib.ConfigError(f"unknown train.lr_schedule {schedule!r}; valid: constant, cosine")
     if name == "adam":
         return tf.keras.optimizers.Adam(rate)
     if name == "adagrad":
@@ -118,13 +123,13 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
     replicas = strategy.num_replicas_in_sync
     per_replica_batch = int(train["batch_size"])
     global_batch = per_replica_batch * replicas
+    steps = int(train["steps_per_epoch"] or data.steps_for(info.train_rows, global_batch))
     with strategy.scope():
         model = spec.build_model(model_config, info, global_batch)
-        model.compile(optimizer=make_optimizer(train))
+        model.compile(optimizer=make_optimizer(train, steps * int(train["epochs"])))
         # Build the variables before fit(): BackupAndRestore needs a built model.
         model(next(iter(data.local_dataset(info, "train", 2, keys=spec.required_features))))
 
-    steps = int(train["steps_per_epoch"] or data.steps_for(info.train_rows, global_batch))
     train_ds = data.distributed_dataset(
         strategy, info, "train", per_replica_batch,
         shuffle=True, shuffle_buffer=int(train["shuffle_buffer"]), seed=int(train["seed"]), repeat=True,

@@ -31,6 +31,10 @@ class Config:
     init_stddev: float = 0.01
     clip_predictions: bool = True
     seed: int = 0
+    # Weighted trace norm (Salakhutdinov & Srebro 2010): each row's total L2 is
+    # proportional to (its train count)^exponent. 1.0 is plain per-occurrence L2;
+    # smaller values regularize frequent users/items relatively less.
+    frequency_exponent: float = 1.0
 
 
 class MatrixFactorization(tfrs.models.Model):
@@ -44,6 +48,8 @@ class MatrixFactorization(tfrs.models.Model):
         rating_mean: float,
         rating_range: tuple[float, float],
         global_batch_size: int,
+        user_counts=None,
+        item_counts=None,
     ):
         super().__init__()
         self.config = config
@@ -62,12 +68,24 @@ class MatrixFactorization(tfrs.models.Model):
         self.user_bias = tf.keras.layers.Embedding(num_users + 1, 1, embeddings_initializer="zeros", name="user_bias")
         self.item_bias = tf.keras.layers.Embedding(num_items + 1, 1, embeddings_initializer="zeros", name="item_bias")
         self.global_bias = tf.Variable(rating_mean, dtype=tf.float32, name="global_bias")
+        self.user_reg_weight = self._occurrence_weights(user_counts, num_users, "user_reg_weight")
+        self.item_reg_weight = self._occurrence_weights(item_counts, num_items, "item_reg_weight")
         self.task = tfrs.tasks.Ranking(
             # SUM, divided by the global batch in compute_loss: correct gradients
             # when MultiWorkerMirroredStrategy sums them across replicas.
             loss=tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.SUM),
             metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse"), tf.keras.metrics.MeanAbsoluteError(name="mae")],
         )
+
+    def _occurrence_weights(self, counts, size: int, name: str) -> tf.Variable:
+        """Per-occurrence L2 weight n^(exponent - 1), normalized to mean 1 over occurrences."""
+        import numpy as np
+
+        exponent = self.config.frequency_exponent
+        counts = np.ones(size + 1) if counts is None else np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+        weights = counts ** (exponent - 1.0)
+        weights /= np.sum(weights * counts) / np.sum(counts)
+        return tf.Variable(weights.astype(np.float32), trainable=False, name=name)
 
     def get_config(self):
         return {
@@ -104,13 +122,30 @@ class MatrixFactorization(tfrs.models.Model):
         # [batch, 1]: Keras' MSE averages over the last axis, so 1-D inputs would
         # collapse to one number before the SUM reduction.
         loss = self.task(labels=features[F.RATING][:, None], predictions=prediction[:, None], training=training)
-        penalty = self.config.l2_embedding * (tf.reduce_sum(p * p) + tf.reduce_sum(q * q)) + self.config.l2_bias * (
-            tf.reduce_sum(b_u * b_u) + tf.reduce_sum(b_i * b_i)
-        )
+        w_u = tf.gather(self.user_reg_weight, features[F.USER_INDEX])
+        w_i = tf.gather(self.item_reg_weight, features[F.ITEM_INDEX])
+        penalty = self.config.l2_embedding * (
+            tf.reduce_sum(w_u * tf.reduce_sum(p * p, -1)) + tf.reduce_sum(w_i * tf.reduce_sum(q * q, -1))
+        ) + self.config.l2_bias * (tf.reduce_sum(w_u * b_u * b_u) + tf.reduce_sum(w_i * b_i * b_i))
         return (loss + penalty) / self.global_batch_size
 
 
+def train_counts(info) -> tuple:
+    """Train-side rating counts per user index and per item index (one pass over train/)."""
+    import numpy as np
+
+    from trainer import data
+
+    users = np.zeros(info.num_users + 1, np.int64)
+    items = np.zeros(info.num_items + 1, np.int64)
+    for batch in data.local_dataset(info, "train", 65536, keys=(F.USER_INDEX, F.ITEM_INDEX)):
+        users += np.bincount(batch[F.USER_INDEX].numpy(), minlength=info.num_users + 1)[: info.num_users + 1]
+        items += np.bincount(batch[F.ITEM_INDEX].numpy(), minlength=info.num_items + 1)[: info.num_items + 1]
+    return users, items
+
+
 def build_model(config: Config, info, global_batch_size: int) -> MatrixFactorization:
+    user_counts, item_counts = train_counts(info) if config.frequency_exponent != 1.0 else (None, None)
     return MatrixFactorization(
         config,
         num_users=info.num_users,
@@ -118,4 +153,6 @@ def build_model(config: Config, info, global_batch_size: int) -> MatrixFactoriza
         rating_mean=info.rating_mean,
         rating_range=(info.rating_min, info.rating_max),
         global_batch_size=global_batch_size,
+        user_counts=user_counts,
+        item_counts=item_counts,
     )

@@ -72,7 +72,8 @@ def read_positioned_lines(path: str) -> Iterator[tuple[str, int, str]]:
     Compression is detected from the file name (``.gz``, ``.bz2`` ...).
     """
     with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
-        for number, raw in enumerate(handle, start=1):
+        # Beam's CompressedFile (.gz, .bz2) has readline() but is not iterable.
+        for number, raw in enumerate(iter(handle.readline, b""), start=1):
             yield path, number, decode_line(raw, number == 1)
 
 
@@ -144,6 +145,63 @@ def encode_json_line(record: dict[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
+# --------------------------------------------------------------------------- grouping
+class _ChunkByKey(beam.DoFn):
+    """Buffers elements per key within a bundle and emits ``(key, [elements])`` chunks."""
+
+    def __init__(self, key_fn: Callable[[Any], int], chunk_size: int):
+        super().__init__()
+        self._key_fn = key_fn
+        self._chunk_size = chunk_size
+        self._buffers: dict[int, list] = {}
+
+    def start_bundle(self):
+        self._buffers = {}
+
+    def process(self, element):
+        key = self._key_fn(element)
+        buffer = self._buffers.setdefault(key, [])
+        buffer.append(element)
+        if len(buffer) >= self._chunk_size:
+            self._buffers[key] = []
+            yield key, buffer
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+
+        for key, buffer in self._buffers.items():
+            if buffer:
+                yield GlobalWindows.windowed_value((key, buffer))
+        self._buffers = {}
+
+
+class GroupIntoBuckets(beam.PTransform):
+    """Groups elements into ``num_buckets`` buckets: ``(bucket, [elements])``.
+
+    The same grouping as keying every element and ``GroupByKey``, but elements
+    cross the shuffle in per-bundle chunks: on the DirectRunner the per-element
+    cost of a shuffle dominates pipelines of small records, and chunking cuts it
+    several-fold. ``key_fn`` must return an int in ``[0, num_buckets)``.
+    Every bucket is emitted, empty ones as ``(bucket, [])``.
+    """
+
+    def __init__(self, key_fn: Callable[[Any], int], num_buckets: int, chunk_size: int = 5000):
+        super().__init__()
+        self._key_fn = key_fn
+        self._num_buckets = num_buckets
+        self._chunk_size = chunk_size
+
+    def expand(self, pcoll):
+        chunks = pcoll | "Chunk" >> beam.ParDo(_ChunkByKey(self._key_fn, self._chunk_size))
+        every = pcoll.pipeline | "EveryBucket" >> beam.Create([(i, []) for i in range(self._num_buckets)])
+        return (
+            (chunks, every)
+            | "FlattenChunks" >> beam.Flatten()
+            | "GroupChunks" >> beam.GroupByKey()
+            | "Concatenate" >> beam.MapTuple(lambda key, lists: (key, [e for chunk in lists for e in chunk]))
+        )
+
+
 # --------------------------------------------------------------------------- writing
 def _masked_crc32c(data: bytes) -> int:
     import google_crc32c  # Installed with google-cloud-storage (and Beam[gcp]).
@@ -192,16 +250,13 @@ class WriteDeterministicShards(beam.PTransform):
     def expand(self, records):
         n = self._num_shards
         # crc32 is stable across processes and ~10x cheaper than blake2b here.
-        keyed = records | "KeyByShard" >> beam.Map(lambda b: (zlib.crc32(b) % n, b))
-        every_shard = records.pipeline | "EveryShard" >> beam.Create([(i, None) for i in range(n)])
         return (
-            (keyed, every_shard)
-            | "Flatten" >> beam.Flatten()
-            | "GroupByShard" >> beam.GroupByKey()
+            records
+            | "GroupByShard" >> GroupIntoBuckets(lambda b: zlib.crc32(b) % n, n)
             | "WriteShard" >> beam.MapTuple(self._write_shard)
         )
 
-    def _write_shard(self, index: int, records: Iterable[bytes | None]) -> str:
+    def _write_shard(self, index: int, records: list[bytes]) -> str:
         if self._kind == "tfrecord":
             path = shard_path(self._prefix, index, self._num_shards, ".tfrecord.gz")
             compression, frame = CompressionTypes.GZIP, tfrecord_frame
@@ -209,7 +264,7 @@ class WriteDeterministicShards(beam.PTransform):
             path = shard_path(self._prefix, index, self._num_shards, ".jsonl")
             compression, frame = CompressionTypes.UNCOMPRESSED, lambda r: r + b"\n"
         with FileSystems.create(path, compression_type=compression) as handle:
-            for record in sorted(r for r in records if r is not None):
+            for record in sorted(records):
                 handle.write(frame(record))
         return path
 
@@ -259,12 +314,21 @@ def clear_outputs(output: str, names: Sequence[str]) -> None:
             FileSystems.delete([path])
 
 
-def first_rejections(output: str, limit: int = 5) -> list[dict[str, Any]]:
-    """The first rejected rows (by source and line) from ``OUTPUT/rejected/``."""
+def first_rejections(
+    output: str, limit: int = 5, keep: Callable[[dict[str, Any]], bool] | None = None
+) -> list[dict[str, Any]]:
+    """The first rejected rows (by source and line) from ``OUTPUT/rejected/``.
+
+    Args:
+      output: the pipeline's output directory.
+      limit: how many rows to return at most.
+      keep: when given, only rows for which it is true count (applied before ``limit``).
+    """
     matches = FileSystems.match([FileSystems.join(output, "rejected", "*.jsonl")])[0].metadata_list
     rows: list[dict[str, Any]] = []
     for metadata in matches:
         with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            rows.extend(json.loads(line) for line in handle.read().decode("utf-8").splitlines() if line)
+            decoded = (json.loads(line) for line in handle.read().decode("utf-8").splitlines() if line)
+            rows.extend(r for r in decoded if keep is None or keep(r))
     rows.sort(key=lambda r: (r["source"], r["line"]))
     return rows[:limit]

@@ -4,14 +4,13 @@ The raw schema (what the Beam stage hands to tf.Transform) is declared here once
 the transformed schema is whatever tf.Transform writes to
 ``OUTPUT/transformed_metadata`` and the trainer reads it from there.
 """
-# Raw rating columns, in the order of the canonical CSV handed to tf.Transform.
+# Raw rating columns, in the order of the record batches handed to tf.Transform.
 USER_ID = "user_id"
 ITEM_ID = "item_id"
 RATING = "rating"
 TIMESTAMP = "timestamp"
 NEGATIVE_ITEM_IDS = "negative_item_ids"  # leave-one-out eval rows only; else empty
 RAW_RATING_COLUMNS = (USER_ID, ITEM_ID, RATING, TIMESTAMP, NEGATIVE_ITEM_IDS)
-LIST_SEPARATOR = "|"  # between ids inside one multivalent CSV column
 
 # Transformed features (written to train/ and eval/ TFRecords).
 USER_INDEX = "user_index"

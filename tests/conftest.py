@@ -1,0 +1,88 @@
+"""Shared test helpers: the real-data location, tiny fixture files, reading pipeline output.
+
+Nothing here is autouse and nothing imports TensorFlow at import time, so test
+modules that need none of it pay nothing for it.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+# Keras 2 must be chosen before anything imports TensorFlow (see PITFALLS.md).
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """A path under ``../shared/data``; skips the calling test when it is absent.
+
+    Args:
+      *parts: path components below the shared data folder.
+
+    Returns:
+      The existing path.
+    """
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real datasets live in ../shared/data)")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The shared real-data folder; the test is skipped when it is absent."""
+    return shared_file()
+
+
+@pytest.fixture
+def make_file(tmp_path: Path) -> Callable[[str, str | bytes], Path]:
+    """Writes a tiny fixture file into ``tmp_path`` and returns its path.
+
+    Text is written byte for byte as given (no newline translation), so CRLF and a
+    BOM in the text end up in the file; bytes are written as they are.
+    """
+
+    def write(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        return path
+
+    return write
+
+
+def read_records(path: str | Path) -> list[bytes]:
+    """The serialized records of one gzip TFRecord file, in file order."""
+    import tensorflow as tf
+
+    return [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")]
+
+
+def read_examples(dir_glob: str | Path) -> list[dict[str, list[Any]]]:
+    """Parses every ``tf.train.Example`` of the gzip TFRecord files matching a glob.
+
+    Args:
+      dir_glob: a glob such as ``OUT/train/part-*.tfrecord.gz``.
+
+    Returns:
+      One dict per record (files in sorted order, records in file order), mapping
+      each feature name to its list of values (ints, floats or bytes).
+    """
+    import tensorflow as tf
+
+    examples = []
+    for path in sorted(glob.glob(str(dir_glob))):
+        for record in read_records(path):
+            example = tf.train.Example.FromString(record)
+            row = {}
+            for name, feature in example.features.feature.items():
+                kind = feature.WhichOneof("kind")
+                row[name] = list(getattr(feature, kind).value) if kind else []
+            examples.append(row)
+    return examples

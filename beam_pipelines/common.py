@@ -41,7 +41,7 @@ def stable_hash64(*parts: Any) -> int:
     if len(parts) == 1 and isinstance(parts[0], bytes):
         data = parts[0]
     else:
-        data = "\x1f".join(str(p) for p in parts).encode("utf-8")
+        data = "\x1f".join(map(str, parts)).encode("utf-8")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 

@@ -226,15 +226,19 @@ def _pair_bucket(rating: tuple) -> int:
 
 def _drop_duplicates(bucket: int, ratings: list[tuple]) -> Iterator[Any]:
     """Keeps the latest rating of every (side, user, item) pair in a bucket."""
-    by_pair: dict[tuple[str, str, str], list[Rating]] = {}
-    for row in ratings:
-        rating = Rating._make(row)
-        by_pair.setdefault((rating.side, rating.user, rating.item), []).append(rating)
-    for group in by_pair.values():
-        if len(group) == 1:
-            yield group[0]
-            continue
-        kept, dropped = keep_latest(group)
+    first: dict[tuple[str, str, str], tuple] = {}
+    repeated: dict[tuple[str, str, str], list[tuple]] = {}
+    for row in ratings:  # the common case, one rating per pair, stays cheap
+        key = (row[6], row[0], row[1])
+        if key in first:
+            repeated.setdefault(key, [first[key]]).append(row)
+        else:
+            first[key] = row
+    for key, row in first.items():
+        if key not in repeated:
+            yield Rating._make(row)
+    for group in repeated.values():
+        kept, dropped = keep_latest(Rating._make(r) for r in group)
         yield kept
         for rating in dropped:
             _DUPLICATES_DROPPED.inc()

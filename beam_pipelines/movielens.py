@@ -659,7 +659,7 @@ def _validate(args: argparse.Namespace) -> tuple[float, float]:
     return low, high
 
 
-def run(argv: Sequence[str] | None = None, save_main_session: bool = True) -> dict[str, Any]:
+def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
     """Runs the pipeline and returns the ``dataset.json`` payload.
 
     Raises:
@@ -824,4 +824,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module, not __main__: Dataflow workers and the
+    # multi_processing DirectRunner unpickle classes (Rating, DoFns) by module path.
+    from beam_pipelines import movielens as _module
+
+    sys.exit(_module.main())

@@ -127,6 +127,8 @@ class MatrixFactorization(tfrs.models.Model):
         penalty = self.config.l2_embedding * (
             tf.reduce_sum(w_u * tf.reduce_sum(p * p, -1)) + tf.reduce_sum(w_i * tf.reduce_sum(q * q, -1))
         ) + self.config.l2_bias * (tf.reduce_sum(w_u * b_u * b_u) + tf.reduce_sum(w_i * b_i * b_i))
+        if not training:  # evaluation: the plain mean squared error of this batch
+            return loss / tf.cast(tf.shape(prediction)[0], tf.float32)
         return (loss + penalty) / self.global_batch_size
 
 

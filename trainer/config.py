@@ -59,8 +59,10 @@ def hparam_defaults(model_name: str) -> dict[str, Any]:
     from trainer import models
 
     if model_name not in models.REGISTRY:
-        raise ConfigError(f"unknown model {model_name!r}; registered models: {', '.join(sorted(models.REGISTRY))}")
-    return dataclasses.asdict(models.REGISTRY[model_name].config_class())
+        raise ConfigError(f"unknown model {model_name!r}; registered models: {', '.join(models.REGISTRY)}")
+    defaults = dataclasses.asdict(models.REGISTRY[model_name].config_class())
+    # Tuples (e.g. MLP layer sizes) as lists: what YAML gives back, and safe_dump can write.
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

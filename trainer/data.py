@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
@@ -112,6 +112,7 @@ def _parsed_dataset(
     input_pipeline_id: int = 0,
     repeat: bool = False,
     keys: Sequence[str] | None = None,
+    batch_map: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tf.data.Dataset:
     spec = {k: v for k, v in feature_spec.items() if keys is None or k in keys}
     file_ds = tf.data.Dataset.from_tensor_slices(list(files))
@@ -132,6 +133,8 @@ def _parsed_dataset(
         records = records.repeat()
     batched = records.batch(batch_size)
     parsed = batched.map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
+    if batch_map is not None:  # e.g. fresh negatives per batch (trainer.ranking)
+        parsed = parsed.map(batch_map, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return parsed.with_options(options).prefetch(tf.data.AUTOTUNE)
@@ -148,8 +151,11 @@ def distributed_dataset(
     seed: int,
     repeat: bool,
     keys: Sequence[str] | None = None,
+    batch_map: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ):
     """A dataset for ``model.fit``: one input pipeline per worker, disjoint shards.
+
+    ``batch_map`` (optional) is applied to every parsed batch.
 
     Raises:
       DataError: fewer shards than input pipelines (each worker needs one).
@@ -175,6 +181,7 @@ def distributed_dataset(
             input_pipeline_id=input_context.input_pipeline_id,
             repeat=repeat,
             keys=keys,
+            batch_map=batch_map,
         )
 
     return strategy.distribute_datasets_from_function(dataset_fn)

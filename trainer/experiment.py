@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from beam_pipelines import features as F
 from trainer import config as config_lib
-from trainer import data, distribute, export, metrics, models, plots
+from trainer import data, distribute, export, metrics, models, plots, ranking
 
 
 class TrainingError(RuntimeError):
@@ -93,6 +93,47 @@ def evaluate_ratings(model: tf.keras.Model, info: data.DataInfo, batch_size: int
     return {"rmse": metrics.rmse(predicted, actual), "mae": metrics.mae(predicted, actual), "num_examples": int(actual.size)}
 
 
+def evaluate_ranking(model, train_items: ranking.TrainItems, info: data.DataInfo, batch_size: int) -> dict[str, float]:
+    """HR@K, NDCG@K, MRR on the pipeline's fixed candidates, plus full-catalogue ranking.
+
+    Sampled protocol: each eval user's held-out positive against its
+    ``negative_item_index`` (ties count against the model). Full ranking: the
+    positive against every train-vocabulary item the user does not have in
+    training (Recall@K, NDCG@K); skipped for catalogues too big to score densely.
+    """
+    candidates = ranking.read_eval_candidates(info, batch_size)
+    if candidates.users.size == 0:
+        return {}
+    score = tf.function(lambda users, items: model.score(users, items))
+    rows_per_batch = max(1, batch_size // candidates.items.shape[1])
+    scores = []
+    for start in range(0, candidates.users.size, rows_per_batch):
+        users = candidates.users[start : start + rows_per_batch]
+        items = candidates.items[start : start + rows_per_batch]
+        flat_users = np.repeat(users, items.shape[1])
+        scores.append(score(tf.constant(flat_users), tf.constant(items.reshape(-1))).numpy().reshape(items.shape))
+    result = metrics.sampled_ranking_metrics(np.concatenate(scores), candidates.valid)
+
+    positives = candidates.items[:, 0]
+    known = (candidates.users < info.num_users) & (positives < info.num_items)
+    if known.any() and int(known.sum()) * info.num_items <= 50_000_000:
+        users, positives = candidates.users[known], positives[known]
+        score_all = tf.function(lambda u: model.score_all_items(u))
+        keys = tf.constant(train_items.keys)
+        full_scores, exclude = [], []
+        rows_per_batch = max(1, 2_000_000 // max(1, info.num_items))
+        all_items = tf.range(info.num_items, dtype=tf.int64)[None, :]
+        for start in range(0, users.size, rows_per_batch):
+            batch_users = tf.constant(users[start : start + rows_per_batch])
+            full_scores.append(score_all(batch_users).numpy())
+            exclude.append(ranking.contains(keys, batch_users[:, None], all_items, info.num_items).numpy())
+        exclude = np.concatenate(exclude)
+        exclude[np.arange(users.size), positives] = False  # a re-rated train item stays the target
+        result.update(metrics.full_ranking_metrics(np.concatenate(full_scores), positives, exclude))
+        result["full_num_users"] = int(users.size)
+    return result
+
+
 def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Trains, evaluates and exports one model.
 
@@ -124,19 +165,27 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
     per_replica_batch = int(train["batch_size"])
     global_batch = per_replica_batch * replicas
     steps = int(train["steps_per_epoch"] or data.steps_for(info.train_rows, global_batch))
+    is_ranking = spec.kind == "ranking"
+    # Ranking batches hold positives only; the sampler adds fresh negatives to each.
+    train_keys = ranking.TRAIN_KEYS if is_ranking else spec.required_features
+    train_items = ranking.load_train_items(info) if is_ranking else None
     with strategy.scope():
         model = spec.build_model(model_config, info, global_batch)
         model.compile(optimizer=make_optimizer(train, steps * int(train["epochs"])))
         # Build the variables before fit(): BackupAndRestore needs a built model.
-        model(next(iter(data.local_dataset(info, "train", 2, keys=spec.required_features))))
+        model(next(iter(data.local_dataset(info, "train", 2, keys=train_keys))))
 
     train_ds = data.distributed_dataset(
         strategy, info, "train", per_replica_batch,
         shuffle=True, shuffle_buffer=int(train["shuffle_buffer"]), seed=int(train["seed"]), repeat=True,
-        keys=spec.required_features,
+        keys=train_keys,
+        batch_map=ranking.make_negative_sampler(train_items, model_config.num_negatives, int(train["seed"]))
+        if is_ranking else None,
     )
     validation = {}
-    if train["validate_every_epoch"] and info.eval_rows > 0:
+    # Ranking models are validated by the exact protocol after fit (a Keras loss on
+    # eval positives alone would say nothing about ranking).
+    if train["validate_every_epoch"] and info.eval_rows > 0 and not is_ranking:
         # Repeated with a fixed step count under several workers, whose shards differ in size.
         validation = {
             "validation_data": data.distributed_dataset(
@@ -162,15 +211,24 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
     epochs_run = len(history.history.get("loss", []))
 
     eval_started = time.time()
-    evaluation = evaluate_ratings(model, info, int(train["eval_batch_size"])) if info.eval_rows else {}
+    if not info.eval_rows:
+        evaluation = {}
+    elif is_ranking:
+        evaluation = evaluate_ranking(model, train_items, info, int(train["eval_batch_size"]))
+    else:
+        evaluation = evaluate_ratings(model, info, int(train["eval_batch_size"]))
     eval_seconds = time.time() - eval_started
 
     export_started = time.time()
-    kept = export.export_rating_model(model, info, paths.export, task.is_lead)
+    if is_ranking:
+        kept = export.export_ranking_model(model, info, train_items, paths.export, task.is_lead)
+    else:
+        kept = export.export_rating_model(model, info, paths.export, task.is_lead)
     export_seconds = time.time() - export_started
 
     result = {
         "model": config["model"],
+        "kind": spec.kind,
         "data": data_dir,
         "split": info.summary.get("split"),
         "eval": evaluation,

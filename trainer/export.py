@@ -60,6 +60,96 @@ def export_rating_model(model, info, export_dir: str, is_lead: bool) -> str:
     return target
 
 
+class RankingServer(tf.Module):
+    """Ranking signatures on raw ids.
+
+    * ``score(user_id, item_id)`` -> ``score`` (logit; higher ranks first),
+      ``known_user``, ``known_item``.
+    * ``recommend(user_id, k)`` -> the top-``k`` RAW ``item_id``s and their
+      ``score``s per user, never an item the user has in training. An unknown
+      user gets the ``k`` most popular train items (``score`` = train count) and
+      ``popular_fallback`` True.
+
+    Every known item is scored (``model.score_all_items``) then ``tf.math.top_k``:
+    exact, and fine for catalogues of ~10^5 items; NCF's MLP scores are not dot
+    products, so a dot-product index (TFRS BruteForce / ScaNN) does not apply to
+    every model here.
+    """
+
+    def __init__(self, model: tf.keras.Model, transform_output, train_items):
+        super().__init__()
+        self.model = model
+        self.tft_layer = transform_output.transform_features_layer()
+        self.num_users = train_items.num_users
+        self.num_items = train_items.num_items
+        vocabulary = transform_output.vocabulary_by_name(F.ITEM_VOCAB)
+        self.item_ids = tf.constant([v if isinstance(v, bytes) else str(v).encode() for v in vocabulary][: self.num_items], tf.string)
+        self.train_keys = tf.constant(train_items.keys, tf.int64)
+        popular = train_items.popular_items()
+        self.popular_items = tf.constant(popular, tf.int64)
+        self.popular_scores = tf.constant(train_items.item_counts[popular].astype("float32"))
+
+    def _indices(self, user_id, item_id=None):
+        item_id = tf.zeros_like(user_id) if item_id is None else item_id
+        transformed = self.tft_layer({F.USER_ID: user_id, F.ITEM_ID: item_id})
+        return transformed[F.USER_INDEX], transformed[F.ITEM_INDEX]
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name=F.USER_ID),
+            tf.TensorSpec([None], tf.string, name=F.ITEM_ID),
+        ]
+    )
+    def score(self, user_id, item_id):
+        users, items = self._indices(user_id, item_id)
+        scores = self.model.score(users, items)
+        return {"score": scores, "known_user": users < self.num_users, "known_item": items < self.num_items}
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None], tf.string, name=F.USER_ID), tf.TensorSpec([], tf.int32, name="k")]
+    )
+    def recommend(self, user_id, k):
+        from trainer import ranking
+
+        users, _ = self._indices(user_id)
+        k = tf.minimum(tf.maximum(k, 1), self.num_items)
+        known_user = users < self.num_users
+        safe_users = tf.where(known_user, users, tf.zeros_like(users))
+        scores = self.model.score_all_items(safe_users)
+        owned = ranking.contains(self.train_keys, safe_users[:, None], tf.range(self.num_items, dtype=tf.int64)[None, :], self.num_items)
+        scores = tf.where(owned, tf.fill(tf.shape(scores), float("-inf")), scores)
+        top_scores, top_items = tf.math.top_k(scores, k=k)
+        batch = tf.shape(users)[0]
+        popular_items = tf.broadcast_to(self.popular_items[None, :k], [batch, k])
+        popular_scores = tf.broadcast_to(self.popular_scores[None, :k], [batch, k])
+        items = tf.where(known_user[:, None], tf.cast(top_items, tf.int64), popular_items)
+        return {
+            "item_id": tf.gather(self.item_ids, items),
+            "score": tf.where(known_user[:, None], top_scores, popular_scores),
+            "known_user": known_user,
+            "popular_fallback": tf.logical_not(known_user),
+        }
+
+
+def export_ranking_model(model, info, train_items, export_dir: str, is_lead: bool) -> str:
+    """Writes a ranking SavedModel (``serving_default`` = ``score``, plus ``recommend``).
+
+    Same lead/non-lead contract as ``export_rating_model``.
+    """
+    server = RankingServer(model, info.transform_output(), train_items)
+    target = export_dir if is_lead else tempfile.mkdtemp(prefix="export-worker-")
+    if is_lead and tf.io.gfile.exists(target):
+        tf.io.gfile.rmtree(target)
+    tf.saved_model.save(
+        server, target,
+        signatures={"serving_default": server.score, "score": server.score, "recommend": server.recommend},
+    )
+    if not is_lead:
+        shutil.rmtree(target, ignore_errors=True)
+        return ""
+    return target
+
+
 def load_for_serving(export_dir: str):
     """Loads an export and returns its ``serving_default`` function."""
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):

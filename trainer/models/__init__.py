@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from trainer.models import mf
+from trainer.models import bpr, gmf, mf, mlp, neumf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,9 +19,16 @@ class ModelSpec:
     config_class: type
     build_model: Callable[..., Any]
     required_features: tuple[str, ...]
-    kind: str  # "rating": RMSE/MAE on eval, serving signature score(user_id, item_id)
+    # "rating": RMSE/MAE on eval, serving signature score(user_id, item_id).
+    # "ranking": implicit feedback; trains on positives + fresh sampled negatives,
+    # evaluates HR/NDCG/MRR on the pipeline's fixed candidates, serves score + recommend.
+    kind: str
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "mf": ModelSpec("mf", mf.Config, mf.build_model, mf.REQUIRED_FEATURES, "rating"),
+    "gmf": ModelSpec("gmf", gmf.Config, gmf.build_model, gmf.REQUIRED_FEATURES, "ranking"),
+    "mlp": ModelSpec("mlp", mlp.Config, mlp.build_model, mlp.REQUIRED_FEATURES, "ranking"),
+    "neumf": ModelSpec("neumf", neumf.Config, neumf.build_model, neumf.REQUIRED_FEATURES, "ranking"),
+    "bpr": ModelSpec("bpr", bpr.Config, bpr.build_model, bpr.REQUIRED_FEATURES, "ranking"),
 }

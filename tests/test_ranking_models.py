@@ -1,0 +1,204 @@
+"""Ranking models on a tiny leave-one-out pipeline output: fits, sampling, evaluation, serving."""
+import json
+
+import numpy as np
+import pytest
+
+from beam_pipelines import movielens
+from trainer import models
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+RANKING_MODELS = sorted(name for name, spec in models.REGISTRY.items() if spec.kind == "ranking")
+TINY = ["train.epochs=1", "train.batch_size=32", "train.shuffle_buffer=1000", "train.learning_rate=0.01"]
+
+
+def _implicit_rows(num_users=40, num_items=30, per_user=10, seed=5):
+    """Two user groups that each consume one half of the catalogue (planted structure)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, num_users + 1):
+        half = np.arange(1, num_items // 2 + 1) + (user % 2) * (num_items // 2)
+        for n, item in enumerate(rng.choice(half, size=per_user, replace=False)):
+            rows.append((user, int(item), 1, 1_000_000 + user * 100 + n))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_rank")
+    rows = _implicit_rows()
+    (root / "u.tsv").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    data = root / "data"
+    movielens.run(
+        ["--input", str(root / "u.tsv"), "--format", "tab", "--split", "leave_one_out", "--num-negatives", "10",
+         "--output", str(data), "--num-shards", "2"],
+        save_main_session=False,
+    )
+    latest = {}
+    for u, i, _, t in rows:
+        if u not in latest or t > latest[u][1]:
+            latest[u] = (i, t)
+    train = {}
+    for u, i, _, t in rows:
+        if latest[u][0] != i:
+            train.setdefault(str(u), set()).add(str(i))
+    return {"root": root, "data": data, "train": train}
+
+
+def _run(config_name, data, job, *overrides):
+    import tensorflow as tf
+
+    from trainer import config as config_lib
+    from trainer import experiment
+
+    tf.keras.backend.clear_session()
+    config = config_lib.resolve(str(REPO / "configs" / f"movielens_{config_name}.yaml"), [*TINY, *overrides])
+    return experiment.run(config, str(data), str(job), environ={})
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny):
+    return {name: _run(name, tiny["data"], tiny["root"] / f"job-{name}") for name in RANKING_MODELS}
+
+
+def test_registry_has_the_ranking_models():
+    assert RANKING_MODELS == ["bpr", "gmf", "mlp", "neumf"]
+    assert models.REGISTRY["mf"].kind == "rating"
+
+
+@pytest.mark.parametrize("name", RANKING_MODELS)
+def test_one_epoch_fit_writes_ranking_metrics(fitted, tiny, name):
+    result = fitted[name]
+    assert result["kind"] == "ranking"
+    evaluation = result["eval"]
+    assert evaluation["num_users"] == 40 and evaluation["num_candidates"] == 11
+    for key in ("hr@10", "ndcg@10", "mrr", "hit@1", "hit@5", "full_recall@10", "full_ndcg@10"):
+        assert 0.0 <= evaluation[key] <= 1.0, key
+    assert np.isfinite(result["history"]["loss"]).all()
+    assert (tiny["root"] / f"job-{name}" / "export" / "saved_model.pb").exists()
+    assert json.loads((tiny["root"] / f"job-{name}" / "metrics.json").read_text())["eval"] == evaluation
+
+
+def test_models_learn_the_planted_groups(tiny):
+    # Negatives of the other group are easy: a few epochs put the positive near the top.
+    result = _run("bpr", tiny["data"], tiny["root"] / "job-bpr-long", "train.epochs=40", "train.learning_rate=0.05", "hparams.embedding_dim=8")
+    assert result["eval"]["mrr"] > 0.5  # random ranking of 1 + 10 candidates gives ~0.27
+
+
+def test_sampled_negatives_are_never_train_items(tiny):
+    import tensorflow as tf
+
+    from beam_pipelines import features as F
+    from trainer import data, ranking
+
+    info = data.load_data_info(str(tiny["data"]))
+    train_items = ranking.load_train_items(info)
+    sampler = ranking.make_negative_sampler(train_items, num_negatives=8, seed=1)
+    batches = data.local_dataset(info, "train", 64, keys=ranking.TRAIN_KEYS).map(sampler).repeat(2)
+    owned = {u: set(train_items.user_items(u).tolist()) for u in range(info.num_users)}
+    seen = []
+    for batch in batches:
+        users = batch[F.USER_INDEX].numpy()
+        negatives = batch[ranking.SAMPLED_NEGATIVES].numpy()
+        assert (batch[ranking.SAMPLED_NEGATIVES_MASK].numpy() == 1.0).all()
+        for user, row in zip(users, negatives):
+            assert not owned[user] & set(row.tolist())
+            assert ((row >= 0) & (row < info.num_items)).all()
+        seen.append(negatives)
+    half = len(seen) // 2
+    # Fresh draws each pass: the second epoch's negatives differ from the first's.
+    assert any((a != b).any() for a, b in zip(seen[:half], seen[half:]))
+
+
+def test_sampler_with_crowded_and_full_users():
+    import tensorflow as tf
+
+    from beam_pipelines import features as F
+    from trainer import ranking
+
+    num_items = 20
+    users = np.array([0] * 19 + [1] * 20)  # user 0 lacks only item 7; user 1 has everything
+    items = np.array([i for i in range(20) if i != 7] + list(range(20)))
+    train_items = ranking.TrainItems.from_pairs(users, items, 2, num_items)
+    sampler = ranking.make_negative_sampler(train_items, num_negatives=50, seed=0)
+    out = sampler({F.USER_INDEX: tf.constant([0, 1], tf.int64), F.ITEM_INDEX: tf.constant([0, 0], tf.int64)})
+    assert (out[ranking.SAMPLED_NEGATIVES].numpy()[0] == 7).all()
+    assert out[ranking.SAMPLED_NEGATIVES_MASK].numpy().tolist() == [[1.0] * 50, [0.0] * 50]
+
+
+def test_recommend_round_trip_with_raw_ids(fitted, tiny):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(tiny["root"] / "job-gmf" / "export"))
+    recommend, score = loaded.signatures["recommend"], loaded.signatures["score"]
+    users = sorted(tiny["train"], key=int)[:6]
+    out = recommend(user_id=tf.constant(users + ["999999"]), k=tf.constant(5))
+    item_ids = out["item_id"].numpy().astype(str)
+    assert item_ids.shape == (7, 5)
+    assert out["known_user"].numpy().tolist() == [True] * 6 + [False]
+    assert out["popular_fallback"].numpy().tolist() == [False] * 6 + [True]
+    for user, recommended, scores in zip(users, item_ids[:6], out["score"].numpy()[:6]):
+        assert not tiny["train"][user] & set(recommended), "recommended an item the user has in training"
+        assert len(set(recommended)) == 5 and (np.diff(scores) <= 0).all()
+        # The recommend scores are the score signature's for the same raw ids.
+        direct = score(user_id=tf.constant([user] * 5), item_id=tf.constant(list(recommended)))["score"].numpy()
+        np.testing.assert_allclose(direct, scores, rtol=1e-4, atol=1e-5)
+        # ... and nothing unowned that was left out scores higher than the 5th.
+        others = [str(i) for i in range(1, 31) if str(i) not in tiny["train"][user] and str(i) not in recommended]
+        rest = score(user_id=tf.constant([user] * len(others)), item_id=tf.constant(others))["score"].numpy()
+        assert (rest <= scores[-1] + 1e-6).all()
+    # Unknown user: the most popular train items, scored by their train counts.
+    counts = {}
+    for items in tiny["train"].values():
+        for item in items:
+            counts[item] = counts.get(item, 0) + 1
+    popular = out["score"].numpy()[6]
+    assert popular.tolist() == sorted(counts.values(), reverse=True)[:5]
+    assert [counts[i] for i in item_ids[6]] == popular.tolist()
+
+
+def test_neumf_starts_from_pretrained_gmf_and_mlp(fitted, tiny):
+    import tensorflow as tf
+
+    from trainer import config as config_lib
+    from trainer import data
+    from trainer.models import neumf
+
+    info = data.load_data_info(str(tiny["data"]))
+    base = config_lib.resolve(str(REPO / "configs" / "movielens_neumf.yaml"), [
+        f"hparams.pretrained_gmf_dir={tiny['root'] / 'job-gmf'}", f"hparams.pretrained_mlp_dir={tiny['root'] / 'job-mlp'}",
+    ])
+    model = neumf.build_model(config_lib.model_config(base), info, 32)
+    gmf = neumf._load_pretrained(str(tiny["root"] / "job-gmf"), "gmf", info)
+    mlp = neumf._load_pretrained(str(tiny["root"] / "job-mlp"), "mlp", info)
+    users = tf.constant([0, 1, 2, 3], tf.int64)
+    items = tf.constant([4, 3, 2, 1], tf.int64)
+    # alpha 0.5: the NeuMF logit starts as the mean of the two pre-trained logits.
+    expected = 0.5 * gmf.score(users, items) + 0.5 * mlp.score(users, items)
+    np.testing.assert_allclose(model.score(users, items).numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(config_lib.ConfigError, match="is a mlp job"):
+        neumf._load_pretrained(str(tiny["root"] / "job-mlp"), "gmf", info)
+
+
+def test_leaderboard_table(fitted, tiny, tmp_path):
+    from tools import leaderboard
+
+    rows = leaderboard.run_board(
+        str(tiny["data"]), str(tmp_path / "board"),
+        [str(REPO / "configs" / "movielens_gmf.yaml"), str(REPO / "configs" / "movielens_mlp.yaml")],
+        TINY, pretrained_neumf=[str(REPO / "configs" / "movielens_neumf_pretrained.yaml")],
+    )
+    assert [r["name"] for r in rows] == ["00-gmf", "01-mlp", "02-neumf-pretrained"]
+    table = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "| model | job | hr@10 | ndcg@10 | mrr |" in table and "02-neumf-pretrained" in table
+    saved = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
+    assert saved["rows"][2]["eval"]["hr@10"] == rows[2]["eval"]["hr@10"]
+
+
+def test_leaderboard_entry_overrides_split_only_before_keys():
+    from tools import leaderboard
+
+    assert leaderboard.parse_entry("c.yaml@hparams.layers=[8,4],train.epochs=3") == (
+        "c.yaml", ["hparams.layers=[8,4]", "train.epochs=3"]
+    )
+    assert leaderboard.parse_entry("c.yaml") == ("c.yaml", [])

@@ -67,6 +67,8 @@ _ROWS = {TRAIN: common.counter("train_rows"), EVAL: common.counter("eval_rows")}
 _LOO_ONE_RATING = common.counter("loo_users_with_one_rating")
 _LOO_SHORT = common.counter("loo_users_short_of_negatives")
 _CUTOFF_DAY = common.counter("temporal_cutoff_day_value")
+_NEGATIVES_UNMATCHED = common.counter("eval_rows_without_listed_negatives")
+_NEGATIVES_WITH_POSITIVE = common.counter("listed_negatives_holding_the_positive")
 
 
 class RowError(ValueError):
@@ -171,6 +173,64 @@ def parse_rating_fields(text: str, fmt: str, rating_range: tuple[float, float]) 
     if timestamp < 0:
         raise RowError(f"timestamp {timestamp} is negative")
     return user, item, rating, timestamp
+
+
+def parse_negative_line(text: str) -> tuple[str, str, list[str]]:
+    """Parses one NCF ``.test.negative`` line: ``(user,item)<TAB>neg1<TAB>...``.
+
+    Returns:
+      Canonical user id, held-out item id and the listed negatives, in file order.
+
+    Raises:
+      RowError: the line is malformed.
+    """
+    head, _, rest = text.partition("\t")
+    head = head.strip()
+    if not (head.startswith("(") and head.endswith(")") and head.count(",") == 1):
+        raise RowError(f"expected '(user,item)' before the first tab, found {head[:40]!r}")
+    user, item = head[1:-1].split(",")
+    negatives = [_parse_id(v, "negative item id") for v in rest.split("\t") if v.strip()]
+    if not negatives:
+        raise RowError("no negatives listed")
+    return _parse_id(user, "user id"), _parse_id(item, "item id"), negatives
+
+
+class ParseNegativeLines(beam.DoFn):
+    """NCF ``.test.negative`` lines -> ``(user, (item, negatives))``; rejects tagged ``rejected``."""
+
+    def __init__(self):
+        super().__init__()
+        self._lines = common.count("negative_lines_read")
+        self._rejected = common.count("negative_lines_rejected")
+
+    def process(self, element: tuple[str, int, str]) -> Iterator[Any]:
+        path, number, text = element
+        if not text.strip():
+            return
+        self._lines()
+        try:
+            user, item, negatives = parse_negative_line(text)
+        except RowError as error:
+            self._rejected()
+            yield TaggedOutput("rejected", common.rejection(path, number, str(error), text))
+            return
+        yield user, (item, negatives)
+
+
+def attach_given_negatives(rating: Rating, given: dict[str, tuple[str, list[str]]]) -> list[str]:
+    """The listed negatives of an eval rating, without its own positive item.
+
+    The NCF ML-1M file lists the held-out item among its own 99 negatives for
+    156 users; a candidate equal to the positive is dropped (and counted).
+    """
+    entry = given.get(rating.user)
+    if entry is None or entry[0] != rating.item:
+        _NEGATIVES_UNMATCHED.inc()
+        return []
+    negatives = [n for n in entry[1] if n != rating.item]
+    if len(negatives) != len(entry[1]):
+        _NEGATIVES_WITH_POSITIVE.inc()
+    return negatives
 
 
 class ParseRatingLines(beam.DoFn):
@@ -426,8 +486,11 @@ def raw_tensor_adapter_config():
 class SplitRatings(beam.PTransform):
     """Deduplicated ``Rating``s -> ``{"train": raw rows, "eval": raw rows}``."""
 
-    def __init__(self, split: str, eval_fraction: float, seed: int, num_negatives: int):
+    def __init__(self, split: str, eval_fraction: float, seed: int, num_negatives: int, given_negatives=None):
+        """``given_negatives``: optional PCollection of ``(user, (item, negatives))``
+        from an NCF ``.test.negative`` file, attached to the eval rows of a given split."""
         super().__init__()
+        self._given_negatives = given_negatives
         self._split = split
         self._eval_fraction = eval_fraction
         self._seed = seed
@@ -467,6 +530,11 @@ class SplitRatings(beam.PTransform):
             assigned = ratings | "AssignByTime" >> beam.Map(
                 lambda r, day: (EVAL if r.timestamp // SECONDS_PER_DAY >= day else TRAIN, r, []),
                 day=beam.pvalue.AsSingleton(cutoff),
+            )
+        elif self._split == "given" and self._given_negatives is not None:
+            assigned = ratings | "AssignBySide" >> beam.Map(
+                lambda r, given: (EVAL, r, attach_given_negatives(r, given)) if r.side == EVAL_INPUT_SIDE else (TRAIN, r, []),
+                given=beam.pvalue.AsDict(self._given_negatives),
             )
         elif self._split == "given":
             assigned = ratings | "AssignBySide" >> beam.Map(
@@ -632,6 +700,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--eval-fraction", type=float, default=0.1)
     parser.add_argument("--eval-input", help="eval file or glob for --split given (e.g. u1.test)")
     parser.add_argument("--num-negatives", type=int, default=99, help="leave_one_out: negatives per eval user")
+    parser.add_argument(
+        "--negatives-input",
+        help="given split: NCF .test.negative file whose listed negatives become the eval candidates",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=8)
     parser.add_argument("--max-rejected-fraction", type=float, default=0.01)
@@ -644,6 +716,8 @@ def _validate(args: argparse.Namespace) -> tuple[float, float]:
         raise common.PipelineInputError("--split given needs --eval-input (e.g. u1.test)")
     if args.eval_input and args.split != "given":
         raise common.PipelineInputError("--eval-input is only used with --split given")
+    if args.negatives_input and args.split != "given":
+        raise common.PipelineInputError("--negatives-input is only used with --split given (e.g. NCF test files)")
     if args.split in ("random", "temporal") and not 0.0 < args.eval_fraction < 1.0:
         raise common.PipelineInputError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction}")
     if args.num_shards < 1:
@@ -686,12 +760,23 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     read = pipeline | "ReadRatings" >> ReadRatings(files_by_side, formats, rating_range)
+    given_negatives = None
+    rejected = [read["rejected"]]
+    if args.negatives_input:
+        parsed_negatives = (
+            pipeline
+            | "ReadNegativeLines" >> common.ReadPositionedLines(common.match_files(args.negatives_input, "--negatives-input"))
+            | "ParseNegativeLines" >> beam.ParDo(ParseNegativeLines()).with_outputs("rejected", main="negatives")
+        )
+        given_negatives = parsed_negatives.negatives
+        rejected.append(parsed_negatives.rejected)
     rows = read["ratings"] | "Split" >> SplitRatings(
-        args.split, args.eval_fraction, args.seed, args.num_negatives
+        args.split, args.eval_fraction, args.seed, args.num_negatives, given_negatives
     )
     _ = rows | "TransformAndWrite" >> TransformAndWrite(args.output, temp_dir, args.num_shards)
     _ = (
-        read["rejected"]
+        rejected
+        | "FlattenAllRejected" >> beam.Flatten()
         | "EncodeRejected" >> beam.Map(common.encode_json_line)
         | "WriteRejected"
         >> common.WriteDeterministicShards(common.join_path(args.output, "rejected", "part"), 1, kind="jsonl")
@@ -746,6 +831,18 @@ def summarize(
         split["tie_rule"] = "latest timestamp; equal timestamps -> later (file path, line)"
     if args.split == "temporal":
         split["cutoff_day"] = counters.get("temporal_cutoff_day_value")
+    if args.negatives_input:
+        split["given_negatives"] = {
+            "source": args.negatives_input,
+            "sha256": [common.sha256_of(p) for p in common.match_files(args.negatives_input, "--negatives-input")],
+            **{
+                name: counters.get(name, 0)
+                for name in (
+                    "negative_lines_read", "negative_lines_rejected",
+                    "eval_rows_without_listed_negatives", "listed_negatives_holding_the_positive",
+                )
+            },
+        }
     return {
         "dataset": "movielens",
         "sources": [

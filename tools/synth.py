@@ -22,6 +22,12 @@ Usage::
     python -m tools.synth movielens --num-ratings 1000000 [--num-users U] [--num-items I] \\
         --format tab|dat|csv|ncf --output FILE [--seed 0] [--rank 8] [--noise 0.5]
 
+    python -m tools.synth lastfm --num-users 5000 --output DIR [--seed 0] \\
+        [--follow-homophily 0.55] [--like-homophily 0.45]   # DIR/{edges.csv,target.csv,features.json}
+
+LastFM (``lastfm`` subcommand): Zipf-sized countries; friendships and liked
+artists both lean towards the user's own country (``generate_lastfm``).
+
 Other datasets add a subcommand: a ``(add_arguments, command)`` pair in ``COMMANDS``.
 """
 from __future__ import annotations
@@ -472,6 +478,124 @@ def write_ratings(
     )
 
 
+# --------------------------------------------------------------------------- LastFM
+@dataclasses.dataclass(frozen=True)
+class LastFMGraph:
+    """A generated LastFM-format social graph with planted country structure.
+
+    Attributes:
+      labels: ``[num_users]`` country of user ``u`` (ids are ``0..num_users-1``).
+      edges: ``[E, 2]`` undirected friendships ``(a, b)``, ``a < b``, no duplicates.
+      likes: user id -> sorted artist ids.
+      artist_country: ``[num_artists]`` home country of each artist.
+    """
+
+    labels: np.ndarray
+    edges: np.ndarray
+    likes: dict[int, list[int]]
+    artist_country: np.ndarray
+
+
+def generate_lastfm(
+    num_users: int,
+    seed: int,
+    *,
+    num_classes: int = 18,
+    avg_degree: float = 7.0,
+    follow_homophily: float = 0.55,
+    num_artists: int | None = None,
+    avg_likes: float = 12.0,
+    like_homophily: float = 0.45,
+) -> LastFMGraph:
+    """Generates users in countries that follow and like along country lines.
+
+    Country sizes are Zipf-like (as LastFM Asia: a few big countries, a long tail).
+    Each friendship picks a same-country partner with probability
+    ``follow_homophily`` (else anyone); each like picks an artist of the user's
+    country with probability ``like_homophily`` (else any artist), artists drawn by
+    Zipf popularity. Both edge types therefore carry the label, each only in part,
+    so a model that uses both beats one that uses either alone.
+    """
+    if num_users < num_classes:
+        raise ValueError(f"--num-users must be at least the number of classes ({num_classes})")
+    rng = np.random.default_rng(seed)
+    class_p = 1.0 / np.arange(1, num_classes + 1) ** 0.9
+    class_p /= class_p.sum()
+    labels = rng.choice(num_classes, size=num_users, p=class_p)
+    labels[:num_classes] = np.arange(num_classes)  # every class present
+    members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+
+    num_pairs = int(num_users * avg_degree / 2)
+    sources = rng.integers(0, num_users, size=num_pairs)
+    same = rng.random(num_pairs) < follow_homophily
+    targets = rng.integers(0, num_users, size=num_pairs)
+    for c in range(num_classes):
+        pick = same & (labels[sources] == c)
+        targets[pick] = rng.choice(members[c], size=int(pick.sum()))
+    pairs = np.stack([np.minimum(sources, targets), np.maximum(sources, targets)], axis=1)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    pairs = np.unique(pairs, axis=0)
+
+    num_artists = num_artists or max(num_classes * 5, num_users // 2)
+    artist_country = rng.choice(num_classes, size=num_artists, p=class_p)
+    popularity = 1.0 / np.arange(1, num_artists + 1) ** 0.8
+    rng.shuffle(popularity)
+    by_country = [np.flatnonzero(artist_country == c) for c in range(num_classes)]
+    counts = 1 + rng.poisson(avg_likes - 1, size=num_users)
+    likes: dict[int, list[int]] = {}
+    for user in range(num_users):
+        k = int(counts[user])
+        local = by_country[labels[user]]
+        home = rng.random(k) < like_homophily
+        chosen = rng.choice(num_artists, size=k, p=popularity / popularity.sum())
+        if len(local) and home.any():
+            local_p = popularity[local] / popularity[local].sum()
+            chosen[home] = rng.choice(local, size=int(home.sum()), p=local_p)
+        likes[user] = sorted(set(chosen.tolist()))
+    return LastFMGraph(labels=labels, edges=pairs, likes=likes, artist_country=artist_country)
+
+
+def write_lastfm(graph: LastFMGraph, output_dir: str) -> dict[str, str]:
+    """Writes ``edges.csv`` (node_1,node_2), ``target.csv`` (id,target), ``features.json``."""
+    import json
+
+    paths = {name: f"{output_dir.rstrip('/')}/{name}" for name in ("edges.csv", "target.csv", "features.json")}
+    with _open_for_write(paths["edges.csv"]) as handle:
+        handle.write(("node_1,node_2\n" + "".join(f"{a},{b}\n" for a, b in graph.edges.tolist())).encode())
+    with _open_for_write(paths["target.csv"]) as handle:
+        handle.write(("id,target\n" + "".join(f"{u},{c}\n" for u, c in enumerate(graph.labels.tolist()))).encode())
+    with _open_for_write(paths["features.json"]) as handle:
+        handle.write(json.dumps({str(u): a for u, a in graph.likes.items()}).encode())
+    return paths
+
+
+def _add_lastfm_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-users", type=int, required=True)
+    parser.add_argument("--output", required=True, help="directory for edges.csv, target.csv, features.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-classes", type=int, default=18)
+    parser.add_argument("--avg-degree", type=float, default=7.0)
+    parser.add_argument("--follow-homophily", type=float, default=0.55)
+    parser.add_argument("--num-artists", type=int)
+    parser.add_argument("--avg-likes", type=float, default=12.0)
+    parser.add_argument("--like-homophily", type=float, default=0.45)
+
+
+def _lastfm(args: argparse.Namespace) -> str:
+    started = time.time()
+    graph = generate_lastfm(
+        args.num_users, args.seed, num_classes=args.num_classes, avg_degree=args.avg_degree,
+        follow_homophily=args.follow_homophily, num_artists=args.num_artists, avg_likes=args.avg_likes,
+        like_homophily=args.like_homophily,
+    )
+    paths = write_lastfm(graph, args.output)
+    return (
+        f"wrote {len(graph.labels)} users, {len(graph.edges)} friendships, "
+        f"{sum(len(v) for v in graph.likes.values())} likes to {args.output} "
+        f"({', '.join(sorted(p.rsplit('/', 1)[1] for p in paths.values()))}) in {time.time() - started:.1f} s"
+    )
+
+
 # --------------------------------------------------------------------------- CLI
 def _add_movielens_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-ratings", type=int, required=True)
@@ -522,6 +646,7 @@ def _movielens(args: argparse.Namespace) -> str:
 # name -> (add its arguments, run it and return the line to print)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], str]]] = {
     "movielens": (_add_movielens_arguments, _movielens),
+    "lastfm": (_add_lastfm_arguments, _lastfm),
 }
 
 

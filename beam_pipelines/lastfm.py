@@ -1,0 +1,738 @@
+"""LastFM Asia social graph -> one sampled GraphTensor per labelled user.
+
+Owns the LastFM pipeline: parsing the edges CSV, the targets CSV and the optional
+liked-artists JSON (dead-lettering every bad row with its reason), the stratified
+train/valid/test split of labelled users (stable hash, seeded), the TF-GNN
+``GraphSchema`` written beside the data, and rooted-subgraph sampling as Beam
+transforms (``SampleSubgraphs`` says why not TF-GNN's Beam sampler).
+
+Graph: node sets ``user`` and ``artist``; edge sets ``follows`` (user -> user,
+both directions of every friendship), ``likes`` (user -> artist) and ``liked_by``
+(artist -> user). Output examples carry ``context/label`` (the root's class) and
+``context/root_id``; the root is node 0 of ``user``. With ``--label-hints`` the
+user nodes carry ``label_hint``: the class of *train* users only, and
+``num_classes`` ("unknown") for everyone else, always including the root itself.
+
+``run(argv)`` is the only place that reads or writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from beam_pipelines import common
+
+NODE_USER = "user"
+NODE_ARTIST = "artist"
+EDGE_FOLLOWS = "follows"
+EDGE_LIKES = "likes"
+EDGE_LIKED_BY = "liked_by"
+EDGE_SETS = {  # name -> (source node set, target node set)
+    EDGE_FOLLOWS: (NODE_USER, NODE_USER),
+    EDGE_LIKES: (NODE_USER, NODE_ARTIST),
+    EDGE_LIKED_BY: (NODE_ARTIST, NODE_USER),
+}
+LABEL = "label"
+ROOT_ID = "root_id"
+LABEL_HINT = "label_hint"
+SPLITS = ("train", "valid", "test")
+OUTPUT_NAMES = ("train", "valid", "test", "rejected", "dataset.json", "graph_schema.pbtxt")
+DEFAULT_FANOUTS = {EDGE_FOLLOWS: (32, 8), EDGE_LIKES: (16, 4), EDGE_LIKED_BY: (0, 8)}
+
+
+# --------------------------------------------------------------------------- parsing (pure)
+def _parse_id(text: str) -> str | None:
+    """Canonical node id: a non-negative decimal integer without leading zeros."""
+    text = text.strip()
+    if not text.isdigit():
+        return None
+    return str(int(text))
+
+
+def parse_edge_line(path: str, line: int, text: str) -> tuple[str, Any]:
+    """Classifies one edges-CSV line.
+
+    Returns:
+      ``("header"|"blank", None)``, ``("edge", (a, b, path, line))`` with ``a < b``
+      as canonical ids (numerically), or ``("rejected", rejection record)``.
+    """
+    stripped = text.strip()
+    if not stripped:
+        return "blank", None
+    fields = [f.strip() for f in stripped.split(",")]
+    if line == 1 and not all(f.isdigit() for f in fields):
+        return "header", None
+    if len(fields) != 2:
+        return "rejected", common.rejection(path, line, f"edge: expected 2 fields, got {len(fields)}", text)
+    a, b = _parse_id(fields[0]), _parse_id(fields[1])
+    if a is None or b is None:
+        return "rejected", common.rejection(path, line, "edge: node id is not a non-negative integer", text)
+    if a == b:
+        return "rejected", common.rejection(path, line, "edge: self edge", text)
+    a, b = sorted((a, b), key=int)
+    return "edge", (a, b, path, line)
+
+
+def parse_target_line(path: str, line: int, text: str, num_classes: int) -> tuple[str, Any]:
+    """Classifies one targets-CSV line: ``("target", (user, label, path, line))`` or as above."""
+    stripped = text.strip()
+    if not stripped:
+        return "blank", None
+    fields = [f.strip() for f in stripped.split(",")]
+    if line == 1 and not all(f.lstrip("-").isdigit() for f in fields):
+        return "header", None
+    if len(fields) != 2:
+        return "rejected", common.rejection(path, line, f"target: expected 2 fields, got {len(fields)}", text)
+    user = _parse_id(fields[0])
+    if user is None:
+        return "rejected", common.rejection(path, line, "target: user id is not a non-negative integer", text)
+    try:
+        label = int(fields[1])
+    except ValueError:
+        return "rejected", common.rejection(path, line, "target: label is not an integer", text)
+    if not 0 <= label < num_classes:
+        return "rejected", common.rejection(path, line, f"target: label outside [0, {num_classes})", text)
+    return "target", (user, label, path, line)
+
+
+def parse_features_entries(path: str, content: str) -> Iterator[tuple[str, Any]]:
+    """Splits the liked-artists JSON into per-user entries.
+
+    Accepts the LastFM layout (one object ``{"user_id": [artist ids], ...}``) and
+    JSON lines (one such object per line). A malformed line of JSON lines is
+    rejected on its own; the entry number stands in for the line of a one-object file.
+
+    Yields:
+      ``("likes", (user, [artist ids], path, entry))`` or ``("rejected", record)``,
+      and ``("blank", None)`` for empty lines of JSON lines.
+    """
+    try:
+        whole = json.loads(content)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict):
+        for number, (key, value) in enumerate(whole.items(), start=1):
+            yield _classify_features_entry(path, number, key, value, json.dumps({key: value}))
+        return
+    for number, text in enumerate(content.splitlines(), start=1):
+        if not text.strip():
+            yield "blank", None
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as error:
+            yield "rejected", common.rejection(path, number, f"features: malformed JSON ({error.msg})", text)
+            continue
+        if not isinstance(obj, dict) or len(obj) != 1:
+            yield "rejected", common.rejection(path, number, "features: expected one {user_id: [artists]} object", text)
+            continue
+        (key, value), = obj.items()
+        yield _classify_features_entry(path, number, key, value, text)
+
+
+def _classify_features_entry(path: str, number: int, key: Any, value: Any, text: str) -> tuple[str, Any]:
+    user = _parse_id(str(key))
+    if user is None:
+        return "rejected", common.rejection(path, number, "features: user id is not a non-negative integer", text)
+    if not isinstance(value, list) or not all(
+        (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and _parse_id(v))
+        for v in value
+    ):
+        return "rejected", common.rejection(path, number, "features: artists must be a list of non-negative integer ids", text)
+    artists = sorted({str(int(v)) for v in value}, key=int)
+    return "likes", (user, artists, path, number)
+
+
+def stratified_split(users_by_label: dict[int, list[str]], fractions: Sequence[float], seed: int) -> dict[str, str]:
+    """Assigns every labelled user to train/valid/test, stratified by class.
+
+    Within each class users are ordered by a stable hash of (seed, user); the
+    first ``round(n * f_train)`` go to train, the next up to
+    ``round(n * (f_train + f_valid))`` to valid, the rest to test. The same seed
+    gives the same split in every process and runner.
+
+    Args:
+      users_by_label: class -> user ids of that class.
+      fractions: (train, valid, test), summing to 1.
+      seed: split seed.
+
+    Returns:
+      user id -> split name.
+    """
+    assignment: dict[str, str] = {}
+    for label in sorted(users_by_label):
+        ordered = sorted(users_by_label[label], key=lambda u: (common.stable_hash64("split", seed, u), u))
+        n = len(ordered)
+        n_train = int(round(n * fractions[0]))
+        n_train_valid = int(round(n * (fractions[0] + fractions[1])))
+        for i, user in enumerate(ordered):
+            assignment[user] = "train" if i < n_train else "valid" if i < n_train_valid else "test"
+    return assignment
+
+
+def parse_fanouts(specs: Sequence[str], hops: int) -> dict[str, tuple[int, ...]]:
+    """``["follows=32,8", "likes=16"]`` -> per-edge-set fan-out for each hop (missing hops: 0)."""
+    fanouts = {name: tuple(DEFAULT_FANOUTS[name][:hops]) + (0,) * max(0, hops - len(DEFAULT_FANOUTS[name]))
+               for name in EDGE_SETS}
+    for spec in specs:
+        name, _, values = spec.partition("=")
+        if name not in EDGE_SETS:
+            raise common.PipelineInputError(f"--fanout {spec!r}: unknown edge set; valid: {', '.join(EDGE_SETS)}")
+        try:
+            sizes = tuple(int(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise common.PipelineInputError(f"--fanout {spec!r}: expected NAME=N1,N2,...") from None
+        if len(sizes) > hops or any(s < 0 for s in sizes):
+            raise common.PipelineInputError(f"--fanout {spec!r}: at most {hops} non-negative sizes (--hops {hops})")
+        fanouts[name] = sizes + (0,) * (hops - len(sizes))
+    return fanouts
+
+
+# --------------------------------------------------------------------------- schema and sampling spec
+def graph_schema(num_classes: int, label_hints: bool):
+    """The GraphSchema of the sampled subgraphs (also the sampler's input schema)."""
+    import tensorflow_gnn as tfgnn
+
+    schema = tfgnn.GraphSchema()
+    schema.context.features[LABEL].dtype = 9  # DT_INT64
+    schema.context.features[LABEL].description = f"class of the root user, 0..{num_classes - 1}"
+    schema.context.features[ROOT_ID].dtype = 7  # DT_STRING
+    schema.context.features[ROOT_ID].description = "id of the root (seed) user; node 0 of the user node set"
+    for node_set in (NODE_USER, NODE_ARTIST):
+        schema.node_sets[node_set].features["#id"].dtype = 7
+    if label_hints:
+        hint = schema.node_sets[NODE_USER].features[LABEL_HINT]
+        hint.dtype = 9
+        hint.description = f"class of train users; {num_classes} (unknown) for other users and the root itself"
+    for name, (source, target) in EDGE_SETS.items():
+        schema.edge_sets[name].source = source
+        schema.edge_sets[name].target = target
+    schema.node_sets[NODE_USER].description = "LastFM users; the root is node 0"
+    schema.node_sets[NODE_ARTIST].description = "artists liked by users (empty without --features)"
+    return schema
+
+
+# --------------------------------------------------------------------------- transforms
+class ReadGraph(beam.PTransform):
+    """Reads and validates edges, targets and (optionally) liked artists.
+
+    Outputs a dict of PCollections: ``users`` ((user, label)), ``friendships``
+    ((a, b) canonical, deduplicated, both ends labelled users), ``likes``
+    ((user, artist)), ``rejected`` (dead-letter records).
+    """
+
+    def __init__(self, edges: Sequence[str], targets: Sequence[str], features: Sequence[str], num_classes: int):
+        super().__init__()
+        self._edges, self._targets, self._features = edges, targets, features
+        self._num_classes = num_classes
+
+    def expand(self, pbegin):
+        num_classes = self._num_classes
+        rejected = []
+
+        # Targets: duplicates of a user id keep the first (path, line), reject the rest.
+        target_lines = (
+            pbegin
+            | "ReadTargets" >> common.ReadPositionedLines(self._targets)
+            | "CountTargetLines" >> beam.Map(_counted, "target_lines_read")
+            | "ParseTargets" >> beam.Map(lambda row: parse_target_line(*row, num_classes))
+            | "RouteTargets" >> beam.ParDo(_Route("target")).with_outputs("rejected", main="rows")
+        )
+        rejected.append(target_lines.rejected)
+        users = (
+            target_lines.rows
+            | "KeyTargets" >> beam.Map(lambda t: (t[0], t))
+            | "GroupTargets" >> beam.GroupByKey()
+            | "FirstTarget" >> beam.ParDo(_KeepFirst("duplicate_target", "target_duplicates")).with_outputs("rejected", main="kept")
+        )
+        rejected.append(users.rejected)
+        labelled = users.kept | "UserLabel" >> beam.Map(lambda t: (t[0], t[1]))
+        known = beam.pvalue.AsDict(labelled)
+
+        # Edges: self edges and malformed rows rejected while parsing; then dangling
+        # endpoints (no target row) and duplicates (either direction) here.
+        edge_lines = (
+            pbegin
+            | "ReadEdges" >> common.ReadPositionedLines(self._edges)
+            | "CountEdgeLines" >> beam.Map(_counted, "edge_lines_read")
+            | "ParseEdges" >> beam.MapTuple(parse_edge_line)
+            | "RouteEdges" >> beam.ParDo(_Route("edge")).with_outputs("rejected", main="rows")
+        )
+        rejected.append(edge_lines.rejected)
+        attached = edge_lines.rows | "CheckEndpoints" >> beam.ParDo(_CheckEndpoints(), known).with_outputs(
+            "rejected", main="kept"
+        )
+        rejected.append(attached.rejected)
+        edges = (
+            attached.kept
+            | "KeyEdges" >> beam.Map(lambda e: ((e[0], e[1]), e))
+            | "GroupEdges" >> beam.GroupByKey()
+            | "FirstEdge" >> beam.ParDo(_KeepFirst("duplicate_edge", "edge_duplicates")).with_outputs("rejected", main="kept")
+        )
+        rejected.append(edges.rejected)
+        friendships = edges.kept | "EdgePair" >> beam.Map(lambda e: (e[0], e[1]))
+
+        if self._features:
+            entries = (
+                pbegin
+                | "ListFeatures" >> beam.Create(sorted(self._features))
+                | "ParseFeatures" >> beam.FlatMap(_read_features_file)
+                | "RouteFeatures" >> beam.ParDo(_Route("features")).with_outputs("rejected", main="rows")
+            )
+            rejected.append(entries.rejected)
+            checked = entries.rows | "CheckLikers" >> beam.ParDo(_CheckLiker(), known).with_outputs("rejected", main="kept")
+            rejected.append(checked.rejected)
+            likes = (
+                checked.kept
+                | "KeyLikers" >> beam.Map(lambda e: (e[0], e))
+                | "GroupLikers" >> beam.GroupByKey()
+                | "FirstLikes" >> beam.ParDo(_KeepFirst("duplicate_features_user", "features_duplicates")).with_outputs(
+                    "rejected", main="kept"
+                )
+            )
+            rejected.append(likes.rejected)
+            user_artist = likes.kept | "CountLikers" >> beam.Map(_counted, "likes_users") | "LikePairs" >> beam.FlatMap(lambda e: [(e[0], a) for a in e[1]])
+        else:
+            user_artist = pbegin | "NoLikes" >> beam.Create([])
+        return {
+            "users": labelled,
+            "friendships": friendships,
+            "likes": user_artist | "CountLikes" >> beam.Map(_counted, "likes_edges"),
+            "rejected": tuple(rejected) | "FlattenRejected" >> beam.Flatten(),
+        }
+
+
+def _counted(element, name: str):
+    common.counter(name).inc()
+    return element
+
+
+def _read_features_file(path: str) -> Iterator[tuple[str, Any]]:
+    with FileSystems.open(path) as handle:
+        content = handle.read().decode("utf-8", "replace")
+    for kind, payload in parse_features_entries(path, content.lstrip("\ufeff")):
+        common.counter("features_entries_read").inc()
+        yield kind, payload
+
+
+class _Route(beam.DoFn):
+    """Routes parsed rows: rows to main, rejections to ``rejected``, header/blank counted."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self._kind = kind
+
+    def process(self, parsed):
+        tag, payload = parsed
+        if tag in ("header", "blank"):
+            common.counter(f"{self._kind}_{tag}_lines").inc()
+        elif tag == "rejected":
+            common.counter(f"{self._kind}_rejected").inc()
+            yield beam.pvalue.TaggedOutput("rejected", payload)
+        else:
+            yield payload
+
+
+class _KeepFirst(beam.DoFn):
+    """Of rows grouped by key, keeps the one earliest in (path, line); rejects the rest."""
+
+    def __init__(self, reason: str, counter_name: str):
+        super().__init__()
+        self._reason, self._counter = reason, counter_name
+
+    def process(self, keyed):
+        _, rows = keyed
+        rows = sorted(rows, key=lambda r: (r[-2], r[-1]))
+        yield rows[0]
+        for row in rows[1:]:
+            common.counter(self._counter).inc()
+            yield beam.pvalue.TaggedOutput(
+                "rejected", common.rejection(row[-2], row[-1], self._reason, json.dumps(list(row[:-2])))
+            )
+
+
+class _CheckEndpoints(beam.DoFn):
+    def process(self, edge, known):
+        a, b, path, line = edge
+        if a not in known or b not in known:
+            common.counter("edge_dangling").inc()
+            yield beam.pvalue.TaggedOutput(
+                "rejected", common.rejection(path, line, "edge: dangling endpoint (no target row)", f"{a},{b}")
+            )
+        else:
+            yield edge
+
+
+class _CheckLiker(beam.DoFn):
+    def process(self, entry, known):
+        user, artists, path, number = entry
+        if user not in known:
+            common.counter("features_unlabelled").inc()
+            yield beam.pvalue.TaggedOutput(
+                "rejected", common.rejection(path, number, "features: unlabelled user (no target row)", json.dumps({user: artists}))
+            )
+        else:
+            yield entry
+
+
+class AssignSplits(beam.PTransform):
+    """(user, label) -> (user, (split, label)), stratified by label (see ``stratified_split``)."""
+
+    def __init__(self, fractions: Sequence[float], seed: int):
+        super().__init__()
+        self._fractions, self._seed = tuple(fractions), seed
+
+    def expand(self, users):
+        fractions, seed = self._fractions, self._seed
+
+        def split_class(label, members):
+            members = sorted(members)
+            for user, split in sorted(stratified_split({label: members}, fractions, seed).items()):
+                common.counter(f"{split}_users").inc()
+                yield user, (split, label)
+
+        return (
+            users
+            | "KeyByLabel" >> beam.Map(lambda ul: (ul[1], ul[0]))
+            | "GroupByLabel" >> beam.GroupByKey()
+            | "SplitEachClass" >> beam.FlatMapTuple(split_class)
+        )
+
+
+def sample_subgraph(
+    root: str,
+    adjacency: dict[str, dict[str, Sequence[str]]],
+    fanouts: dict[str, tuple[int, ...]],
+    seed: int,
+) -> dict[str, Any]:
+    """Samples the rooted subgraph of one user: a tree of sampled edges, nodes deduplicated.
+
+    At hop ``h`` every node reached at hop ``h - 1`` (the root at hop 1) samples up
+    to ``fanouts[edge_set][h - 1]`` of its out-edges in each edge set, uniformly
+    without replacement, with a generator seeded by a stable hash of (seed, root):
+    the same input gives the same subgraph on every run and runner. A node reached
+    twice is stored once; edges point from the sampling node to the sampled one.
+
+    Args:
+      root: the seed user id.
+      adjacency: edge set -> source id -> sorted target ids.
+      fanouts: edge set -> fan-out per hop.
+      seed: sampling seed.
+
+    Returns:
+      ``{"nodes": {node set: [ids]}, "edges": {edge set: [(source index, target index)]}}``;
+      the root is ``nodes["user"][0]``.
+    """
+    import random
+
+    rng = random.Random(common.stable_hash64("sample", seed, root))
+    nodes: dict[str, list[str]] = {NODE_USER: [root], NODE_ARTIST: []}
+    index: dict[str, dict[str, int]] = {NODE_USER: {root: 0}, NODE_ARTIST: {}}
+    edges: dict[str, list[tuple[int, int]]] = {name: [] for name in EDGE_SETS}
+    frontier: dict[str, list[str]] = {NODE_USER: [root]}
+    hops = len(next(iter(fanouts.values())))
+    for hop in range(hops):
+        reached: dict[str, list[str]] = {}
+        for name in sorted(EDGE_SETS):
+            source_set, target_set = EDGE_SETS[name]
+            size = fanouts[name][hop]
+            if size <= 0:
+                continue
+            seen_edges = set(edges[name])
+            for node in frontier.get(source_set, []):
+                neighbors = adjacency[name].get(node, ())
+                picked = neighbors if len(neighbors) <= size else rng.sample(list(neighbors), size)
+                for other in picked:
+                    if other not in index[target_set]:
+                        index[target_set][other] = len(nodes[target_set])
+                        nodes[target_set].append(other)
+                        reached.setdefault(target_set, []).append(other)
+                    edge = (index[source_set][node], index[target_set][other])
+                    if edge not in seen_edges:
+                        seen_edges.add(edge)
+                        edges[name].append(edge)
+        frontier = reached
+    return {"nodes": nodes, "edges": edges}
+
+
+def subgraph_example(
+    root: str,
+    label: int,
+    subgraph: dict[str, Any],
+    train_labels: dict[str, int] | None,
+    num_classes: int,
+):
+    """Serializes a sampled subgraph as a GraphTensor ``tf.train.Example`` (see ``graph_schema``).
+
+    ``label_hint`` (when ``train_labels`` is given) is the class of train users and
+    ``num_classes`` for all others; the root's own entry is always ``num_classes``,
+    so a node's own label never reaches its own input.
+    """
+    import tensorflow as tf
+
+    example = tf.train.Example()
+    f = example.features.feature
+    f[f"context/{LABEL}"].int64_list.value.append(label)
+    f[f"context/{ROOT_ID}"].bytes_list.value.append(root.encode())
+    for node_set, ids in subgraph["nodes"].items():
+        f[f"nodes/{node_set}.#size"].int64_list.value.append(len(ids))
+        f[f"nodes/{node_set}.#id"].bytes_list.value.extend(i.encode() for i in ids)
+    if train_labels is not None:
+        f[f"nodes/{NODE_USER}.{LABEL_HINT}"].int64_list.value.extend(
+            num_classes if u == root else train_labels.get(u, num_classes) for u in subgraph["nodes"][NODE_USER]
+        )
+    for name, pairs in subgraph["edges"].items():
+        f[f"edges/{name}.#size"].int64_list.value.append(len(pairs))
+        f[f"edges/{name}.#source"].int64_list.value.extend(p[0] for p in pairs)
+        f[f"edges/{name}.#target"].int64_list.value.extend(p[1] for p in pairs)
+    return example
+
+
+class _SampleAndEncode(beam.DoFn):
+    def __init__(self, fanouts, seed: int, label_hints: bool, num_classes: int):
+        super().__init__()
+        self._fanouts, self._seed = fanouts, seed
+        self._label_hints, self._num_classes = label_hints, num_classes
+
+    def process(self, element, follows, likes, liked_by, train_labels):
+        user, (split, label) = element
+        adjacency = {EDGE_FOLLOWS: follows, EDGE_LIKES: likes, EDGE_LIKED_BY: liked_by}
+        subgraph = sample_subgraph(user, adjacency, self._fanouts, self._seed)
+        example = subgraph_example(
+            user, label, subgraph, train_labels if self._label_hints else None, self._num_classes
+        )
+        common.counter(f"{split}_examples").inc()
+        yield split, example.SerializeToString()
+
+
+class SampleSubgraphs(beam.PTransform):
+    """One rooted subgraph per labelled user -> (split, serialized GraphTensor tf.Example).
+
+    Why not TF-GNN's Beam sampler (``tensorflow_gnn.experimental.sampler.beam``):
+    wired into this pipeline with in-pipeline feeds it took 2 min 29 s on the real
+    LastFM graph on this 2-core machine (its per-hop TF-model stages and joins on
+    the DirectRunner), against a 3-minute budget for pipeline + training +
+    evaluation, and its output carried no ``#id`` node feature that the id
+    embeddings need. Here the per-edge-set adjacency lists are side inputs and each
+    seed is sampled by a pure function (``sample_subgraph``), the same
+    "rooted tree, nodes deduplicated" layout the TF-GNN sampler produces. The side
+    inputs must fit in a worker's memory: true for LastFM-sized graphs (and a few
+    million edges); beyond that, switch to a hop-by-hop join.
+
+    Input: the dict from ``ReadGraph`` plus ``splits`` ((user, (split, label))).
+    """
+
+    def __init__(self, fanouts, seed: int, label_hints: bool, num_classes: int):
+        super().__init__()
+        self._fanouts, self._seed = fanouts, seed
+        self._label_hints, self._num_classes = label_hints, num_classes
+
+    def expand(self, graph):
+        def adjacency(pairs, label):
+            return beam.pvalue.AsDict(
+                pairs
+                | f"Group{label}" >> beam.GroupByKey()
+                | f"Sort{label}" >> beam.MapTuple(lambda node, others: (node, tuple(sorted(set(others), key=int))))
+            )
+
+        follows = adjacency(
+            graph["friendships"] | "BothDirections" >> beam.FlatMapTuple(lambda a, b: [(a, b), (b, a)]), "Follows"
+        )
+        likes = adjacency(graph["likes"], "Likes")
+        liked_by = adjacency(graph["likes"] | "Reverse" >> beam.MapTuple(lambda u, a: (a, u)), "LikedBy")
+        train_labels = beam.pvalue.AsDict(
+            graph["splits"]
+            | "TrainOnly" >> beam.Filter(lambda us: us[1][0] == "train")
+            | "TrainLabel" >> beam.MapTuple(lambda u, sl: (u, sl[1]))
+        )
+        return graph["splits"] | "Sample" >> beam.ParDo(
+            _SampleAndEncode(self._fanouts, self._seed, self._label_hints, self._num_classes),
+            follows, likes, liked_by, train_labels,
+        )
+
+
+# --------------------------------------------------------------------------- run
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_pipelines.lastfm",
+        description="LastFM Asia graph -> sampled GraphTensor tf.Examples (train/valid/test), rejected/, dataset.json",
+    )
+    parser.add_argument("--edges", required=True, help="edges CSV (node_1,node_2) file or glob")
+    parser.add_argument("--targets", required=True, help="targets CSV (id,target) file or glob")
+    parser.add_argument("--features", help="liked-artists JSON {user_id: [artist ids]} (optional)")
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-classes", type=int, default=18)
+    parser.add_argument("--hops", type=int, default=2)
+    parser.add_argument("--fanout", action="append", default=[], help="EDGE_SET=N1,N2 per hop (repeatable)")
+    parser.add_argument("--label-hints", default="true", choices=("true", "false"),
+                        help="give user nodes the class of train users (never the root's own)")
+    parser.add_argument("--num-shards", type=int, default=4)
+    parser.add_argument("--max-rejected-fraction", type=float, default=0.05)
+    return parser.parse_known_args(argv)
+
+
+def _validate(args: argparse.Namespace) -> tuple[float, float, float]:
+    try:
+        fractions = tuple(float(f) for f in args.split.split(","))
+    except ValueError:
+        raise common.PipelineInputError(f"--split must be TRAIN,VALID,TEST fractions, got {args.split!r}") from None
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6 or fractions[0] == 0:
+        raise common.PipelineInputError(f"--split fractions must be 3 non-negative numbers summing to 1, got {args.split!r}")
+    if args.hops < 1:
+        raise common.PipelineInputError("--hops must be >= 1")
+    if args.num_shards < 1:
+        raise common.PipelineInputError("--num-shards must be >= 1")
+    if args.num_classes < 2:
+        raise common.PipelineInputError("--num-classes must be >= 2")
+    return fractions
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
+    """Runs the pipeline and returns the ``dataset.json`` payload.
+
+    Raises:
+      common.PipelineInputError: bad flags, unreadable input, or too many rejects.
+    """
+    args, beam_args = parse_args(argv)
+    fractions = _validate(args)
+    fanouts = parse_fanouts(args.fanout, args.hops)
+    edges = common.match_files(args.edges, "--edges")
+    targets = common.match_files(args.targets, "--targets")
+    features = common.match_files(args.features, "--features") if args.features else []
+    # The TF-GNN sampler resolves relative artifact paths against its own cwd.
+    output = args.output if "://" in args.output else os.path.abspath(args.output)
+    common.clear_outputs(output, OUTPUT_NAMES)
+    label_hints = args.label_hints == "true"
+
+    import tensorflow as tf
+
+    schema = graph_schema(args.num_classes, label_hints)
+
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    started = time.time()
+    pipeline = beam.Pipeline(options=options)
+    graph = pipeline | "ReadGraph" >> ReadGraph(edges, targets, features, args.num_classes)
+    graph["splits"] = graph["users"] | "AssignSplits" >> AssignSplits(fractions, args.seed)
+    _ = graph["friendships"] | "CountFriendships" >> beam.Map(_counted, "follows_pairs")
+    examples = graph | "SampleSubgraphs" >> SampleSubgraphs(fanouts, args.seed, label_hints, args.num_classes)
+    for split in SPLITS:
+        _ = (
+            examples
+            | f"Select{split.title()}" >> beam.Filter(lambda se, s=split: se[0] == s)
+            | f"Drop{split.title()}Key" >> beam.Values()
+            | f"Write{split.title()}"
+            >> common.WriteDeterministicShards(common.join_path(output, split, "part"), args.num_shards)
+        )
+    _ = (
+        graph["rejected"]
+        | "EncodeRejected" >> beam.Map(common.encode_json_line)
+        | "WriteRejected" >> common.WriteDeterministicShards(common.join_path(output, "rejected", "part"), 1, kind="jsonl")
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    counts = common.read_counters(result)
+    with tf.io.gfile.GFile(common.join_path(output, "graph_schema.pbtxt"), "w") as handle:
+        from google.protobuf import text_format
+
+        handle.write(text_format.MessageToString(schema))
+    summary = summarize(args, fractions, fanouts, edges, targets, features, counts, label_hints, time.time() - started)
+    if not summary["accounting"]["balanced"]:
+        raise common.PipelineInputError(f"rows do not add up: {json.dumps(summary['accounting'])}")
+    if summary["rejected_fraction"] > args.max_rejected_fraction:
+        examples_text = "; ".join(
+            f"{os.path.basename(r['source'])}:{r['line']}: {r['reason']}" for r in common.first_rejections(output)
+        )
+        raise common.PipelineInputError(
+            f"{summary['rejected_fraction']:.1%} of rows rejected (> --max-rejected-fraction "
+            f"{args.max_rejected_fraction}); first: {examples_text}; all in {common.join_path(output, 'rejected')}"
+        )
+    common.write_json(common.join_path(output, "dataset.json"), summary)
+    return summary
+
+
+def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, int], label_hints: bool, seconds: float):
+    """Builds ``dataset.json``; ``accounting`` proves every input row ended in one place."""
+    g = lambda name: c.get(name, 0)  # noqa: E731
+    users = {s: g(f"{s}_users") for s in SPLITS}
+    examples = {s: g(f"{s}_examples") for s in SPLITS}
+    target_rows = g("target_header_lines") + g("target_blank_lines") + g("target_rejected") + g("target_duplicates") + sum(users.values())
+    edge_rows = (
+        g("edge_header_lines") + g("edge_blank_lines") + g("edge_rejected") + g("edge_dangling")
+        + g("edge_duplicates") + g("follows_pairs")
+    )
+    feature_rows = (
+        g("features_blank_lines") + g("features_rejected") + g("features_unlabelled") + g("features_duplicates")
+        + g("likes_users")
+    )
+    rejected = sum(g(n) for n in ("target_rejected", "target_duplicates", "edge_rejected", "edge_dangling",
+                                  "edge_duplicates", "features_rejected", "features_unlabelled", "features_duplicates"))
+    read = g("target_lines_read") + g("edge_lines_read") + g("features_entries_read")
+    checks = {
+        "targets": {"read": g("target_lines_read"), "accounted": target_rows,
+                    "rule": "header + blank + rejected + duplicates + train/valid/test users"},
+        "edges": {"read": g("edge_lines_read"), "accounted": edge_rows,
+                  "rule": "header + blank + rejected(malformed, self) + dangling + duplicates + friendships"},
+        "features": {"read": g("features_entries_read"), "accounted": feature_rows,
+                     "rule": "blank + rejected + unlabelled + duplicates + users with likes"},
+        "examples": {"read": sum(users.values()), "accounted": sum(examples.values()),
+                     "rule": "one sampled subgraph per labelled user"},
+    }
+    return {
+        "dataset": "lastfm",
+        "sources": [
+            {"path": p, "side": side, "sha256": common.sha256_of(p)}
+            for side, paths in (("edges", edges), ("targets", targets), ("features", features))
+            for p in paths
+        ],
+        "split": {"protocol": "stratified", "fractions": list(fractions), "seed": args.seed},
+        "sampling": {"sampler": "beam_pipelines.lastfm.sample_subgraph", "seed_node_set": NODE_USER,
+                     "hops": args.hops, "fanouts": {k: list(v) for k, v in fanouts.items()},
+                     "strategy": "RANDOM_UNIFORM"},
+        "num_classes": args.num_classes,
+        "label_hints": label_hints,
+        "counts": {
+            "users": users, "examples": examples,
+            "follows_pairs": g("follows_pairs"), "follows_edges": 2 * g("follows_pairs"),
+            "likes_edges": g("likes_edges"), "users_with_likes": g("likes_users"),
+            "rejected_rows": rejected, "rows_read": read,
+            "detail": {k: v for k, v in sorted(c.items())},
+        },
+        "accounting": {"checks": checks, "balanced": all(v["read"] == v["accounted"] for v in checks.values())},
+        "num_shards": args.num_shards,
+        "rejected_fraction": rejected / max(1, read - g("target_header_lines") - g("edge_header_lines")),
+        "pipeline_seconds": round(seconds, 2),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.getLogger().setLevel(logging.INFO if os.environ.get("VERBOSE") else logging.WARNING)
+    try:
+        summary = run(argv)
+    except common.PipelineInputError as error:
+        print(f"lastfm pipeline: error: {error}", file=sys.stderr)
+        return 2
+    c = summary["counts"]
+    print(
+        f"lastfm pipeline: users train/valid/test {c['users']['train']}/{c['users']['valid']}/{c['users']['test']}, "
+        f"{c['follows_pairs']} friendships, {c['likes_edges']} likes, {c['rejected_rows']} rejected; "
+        f"{summary['pipeline_seconds']} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from beam_pipelines import lastfm as _module
+
+    sys.exit(_module.main())

@@ -1,0 +1,171 @@
+"""Heterogeneous GNN classifier of the root user of a sampled LastFM subgraph.
+
+Owns the architecture only (loss, metrics and the fit loop live in
+``trainer.gnn_task``). Built from TF-GNN layers:
+
+* initial states (``tfgnn.keras.layers.MapFeatures``): learned id embeddings for
+  ``user`` and ``artist`` nodes, ids hashed into a fixed number of buckets (no
+  vocabulary to ship; collisions are rare while buckets >> ids); for users
+  optionally plus an embedding of ``label_hint`` (the class of *train* users,
+  "unknown" for everyone else and always for the root itself);
+* ``num_rounds`` ``tfgnn.keras.layers.GraphUpdate``s with one convolution per
+  enabled edge set (``SimpleConv`` mean, or ``tensorflow_gnn.models.gat_v2.GATv2Conv``), messages flowing
+  from sampled nodes back towards the root (``receiver_tag=SOURCE``: the
+  pipeline stores edges from the sampling node to the sampled one), combined by
+  ``NextStateFromConcat``;
+* readout of the root (node 0 of ``user``, the sampler's seed) with
+  ``ReadoutFirstNode`` and a dense layer giving ``num_classes`` logits.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+USER = "user"
+ARTIST = "artist"
+EDGE_SETS = ("follows", "likes", "liked_by")
+# edge set -> node set that receives its messages (the edge's source, see module doc)
+RECEIVER = {"follows": USER, "likes": USER, "liked_by": ARTIST}
+LABEL_HINT = "label_hint"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyperparameters of the heterogeneous GNN.
+
+    Attributes:
+      hidden_dim: node state size in every round.
+      embedding_dim: id embedding size.
+      user_hash_buckets: hash buckets for user ids (ids are hashed, not looked up).
+      artist_hash_buckets: hash buckets for artist ids.
+      use_ids: learn id embeddings (False: the only inputs are label hints / structure).
+      use_label_hints: embed ``label_hint`` when the data has it.
+      num_rounds: GraphUpdate rounds.
+      conv: ``simple`` (SimpleConv, mean) or ``gatv2`` (GATv2Conv).
+      num_heads: GATv2 heads (hidden_dim must divide by it).
+      edge_sets: edge sets the model uses (the ablation switch).
+      dropout: dropout on states and messages.
+      l2: L2 regularization of dense kernels and embeddings.
+    """
+
+    hidden_dim: int = 64
+    embedding_dim: int = 32
+    user_hash_buckets: int = 1 << 15
+    artist_hash_buckets: int = 1 << 16
+    use_ids: bool = True
+    use_label_hints: bool = True
+    num_rounds: int = 2
+    conv: str = "simple"
+    num_heads: int = 4
+    edge_sets: tuple[str, ...] = EDGE_SETS
+    dropout: float = 0.2
+    l2: float = 1e-5
+
+    def __post_init__(self):
+        unknown = sorted(set(self.edge_sets) - set(EDGE_SETS))
+        if unknown:
+            raise ValueError(f"unknown edge set(s) {unknown}; valid: {list(EDGE_SETS)}")
+        if self.conv not in ("simple", "gatv2"):
+            raise ValueError(f"conv must be 'simple' or 'gatv2', got {self.conv!r}")
+        if self.conv == "gatv2" and self.hidden_dim % self.num_heads:
+            raise ValueError("hidden_dim must be a multiple of num_heads for gatv2")
+        if self.num_rounds < 1:
+            raise ValueError("num_rounds must be >= 1")
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """A Config from plain values (YAML lists -> tuples)."""
+    values = dict(values)
+    if "edge_sets" in values:
+        edge_sets = values["edge_sets"]
+        values["edge_sets"] = tuple(edge_sets.split("+") if isinstance(edge_sets, str) else edge_sets)
+    return Config(**values)
+
+
+def build_model(config: Config, graph_spec, num_classes: int):
+    """Builds the Keras model: batched GraphTensor (no label) -> root logits.
+
+    Args:
+      config: hyperparameters.
+      graph_spec: ``GraphTensorSpec`` of one *batch* of parsed subgraphs (rank 1),
+        without the label feature.
+      num_classes: number of output classes.
+
+    Returns:
+      An uncompiled ``tf.keras.Model``.
+    """
+    import tensorflow as tf
+    import tensorflow_gnn as tfgnn
+
+    regularizer = tf.keras.regularizers.l2(config.l2) if config.l2 else None
+    has_hints = config.use_label_hints and LABEL_HINT in graph_spec.node_sets_spec[USER].features_spec
+    has_artists = any(e in config.edge_sets for e in ("likes", "liked_by"))
+
+    def dense(units: int, activation: str | None = "relu"):
+        return tf.keras.layers.Dense(units, activation=activation, kernel_regularizer=regularizer)
+
+    def id_embedding(buckets: int, name: str):
+        embedding = tf.keras.layers.Embedding(buckets, config.embedding_dim, embeddings_regularizer=regularizer, name=name)
+        return lambda ids: embedding(tf.strings.to_hash_bucket_fast(ids, buckets))
+
+    user_ids = id_embedding(config.user_hash_buckets, "user_id_embedding")
+    artist_ids = id_embedding(config.artist_hash_buckets, "artist_id_embedding")
+    hint_embedding = tf.keras.layers.Embedding(num_classes + 1, config.embedding_dim, name="label_hint_embedding")
+    user_project = dense(config.hidden_dim)
+    artist_project = dense(config.hidden_dim)
+
+    def node_sets_fn(node_set, *, node_set_name):
+        parts = []
+        if node_set_name == USER:
+            if config.use_ids:
+                parts.append(user_ids(node_set["#id"]))
+            if has_hints:
+                parts.append(hint_embedding(node_set[LABEL_HINT]))
+            if not parts:  # structure only: a constant state
+                parts.append(tf.ones_like(tf.strings.to_number(node_set["#id"], tf.float32))[:, None])
+            return user_project(tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0])
+        if node_set_name == ARTIST:
+            if config.use_ids:
+                return artist_project(artist_ids(node_set["#id"]))
+            return artist_project(tf.ones_like(tf.strings.to_number(node_set["#id"], tf.float32))[:, None])
+        return None
+
+    def convolution(edge_set: str):
+        if config.conv == "gatv2":
+            from tensorflow_gnn.models import gat_v2
+
+            return gat_v2.GATv2Conv(
+                num_heads=config.num_heads,
+                per_head_channels=config.hidden_dim // config.num_heads,
+                receiver_tag=tfgnn.SOURCE,
+                attention_activation="leaky_relu",
+                kernel_regularizer=regularizer,
+            )
+        return tfgnn.keras.layers.SimpleConv(
+            dense(config.hidden_dim), "mean", receiver_tag=tfgnn.SOURCE, name=f"conv_{edge_set}"
+        )
+
+    def next_state():
+        return tfgnn.keras.layers.NextStateFromConcat(
+            tf.keras.Sequential([dense(config.hidden_dim), tf.keras.layers.Dropout(config.dropout)])
+        )
+
+    inputs = tf.keras.layers.Input(type_spec=graph_spec)
+    graph = inputs.merge_batch_to_components()
+    graph = tfgnn.keras.layers.MapFeatures(node_sets_fn=node_sets_fn)(graph)
+    for _ in range(config.num_rounds):
+        node_set_updates = {}
+        for receiver in (USER, ARTIST):
+            if receiver == ARTIST and not has_artists:
+                continue
+            edge_sets = [e for e in config.edge_sets if RECEIVER[e] == receiver]
+            if edge_sets:
+                node_set_updates[receiver] = tfgnn.keras.layers.NodeSetUpdate(
+                    {e: convolution(e) for e in edge_sets}, next_state()
+                )
+        graph = tfgnn.keras.layers.GraphUpdate(node_sets=node_set_updates)(graph)
+    root = tfgnn.keras.layers.ReadoutFirstNode(node_set_name=USER)(graph)
+    root = tf.keras.layers.Dropout(config.dropout)(root)
+    logits = tf.keras.layers.Dense(num_classes, name="logits")(root)
+    return tf.keras.Model(inputs, logits)
+

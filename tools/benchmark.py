@@ -78,6 +78,31 @@ def bench_dataset(name: str, pipeline_args: list[str], work: Path, epochs: int, 
     return rows
 
 
+def bench_ranking(path: Path, work: Path, models: list[str], epochs: int) -> list[dict]:
+    """Leave-one-out pipeline on ``path``, then each ranking model: per-epoch examples/s."""
+    data = work / "data" / f"{path.stem}-loo"
+    stage = _stage(["beam_pipelines.movielens", "--input", str(path), "--split", "leave_one_out",
+                    "--num-negatives", "99", "--output", str(data)])
+    summary = json.loads((data / "dataset.json").read_text())
+    rows = [{
+        "dataset": path.stem, "stage": "pipeline leave-one-out + 99 negatives", "rows": summary["counts"]["lines_read"],
+        "wall_seconds": stage["wall_seconds"], "stage_seconds": summary["pipeline_seconds"],
+        "rows_per_second": round(summary["counts"]["lines_read"] / summary["pipeline_seconds"]), "peak_mb": stage["peak_mb"],
+    }]
+    for model in models:
+        job = work / "jobs" / f"{path.stem}-{model}"
+        stage = _stage(["trainer.task", "--config", str(REPO / "configs" / f"movielens_{model}.yaml"), "--data", str(data),
+                        "--job-dir", str(job), "--set", f"train.epochs={epochs}"])
+        timings = json.loads((job / "metrics.json").read_text())["timings"]
+        rows.append({
+            "dataset": path.stem, "stage": f"train {model} ({epochs} epochs) + eval + export",
+            "rows": summary["counts"]["train_rows"] * epochs, "wall_seconds": stage["wall_seconds"],
+            "stage_seconds": timings["train_seconds"], "rows_per_second": round(timings["train_examples_per_second"]),
+            "peak_mb": stage["peak_mb"], "epoch_examples_per_second": timings["epoch_examples_per_second"],
+        })
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, type=Path)
@@ -85,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--generated", type=int, default=1_000_000, help="generated ratings (0 to skip)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--ranking-models", default="gmf,mlp,neumf,bpr",
+                        help="ranking models timed per epoch on the generated interactions ('' to skip)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -105,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         synth.main(["movielens", "--num-ratings", str(args.generated), "--format", "tab", "--output", str(path), "--seed", "0"])
         print(f"benchmark: generated {args.generated} ratings in {time.time() - started:.1f} s", file=sys.stderr)
         rows += bench_dataset(f"generated-{args.generated}", ["--input", str(path)], args.work, args.epochs, not args.skip_train)
+        if args.ranking_models and not args.skip_train:
+            rows += bench_ranking(path, args.work, [m for m in args.ranking_models.split(",") if m], args.epochs)
 
     header = f"{'dataset':<18} {'stage':<42} {'rows':>10} {'wall s':>8} {'stage s':>8} {'rows/s':>9} {'peak MB':>8}"
     print(header)
@@ -112,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         print(f"{row['dataset']:<18} {row['stage']:<42} {row['rows']:>10} {row['wall_seconds']:>8.1f} "
               f"{row['stage_seconds']:>8.1f} {row['rows_per_second']:>9} {row['peak_mb']:>8.0f}"
-              + (f"   eval RMSE {row['eval_rmse']}" if "eval_rmse" in row else ""))
+              + (f"   eval RMSE {row['eval_rmse']}" if "eval_rmse" in row else "")
+              + (f"   per-epoch examples/s {row['epoch_examples_per_second']}" if "epoch_examples_per_second" in row else ""))
     (args.work / "benchmark.json").write_text(json.dumps(rows, indent=2))
     print(f"\nmachine: {os.cpu_count()} cores; written {args.work / 'benchmark.json'}")
     return 0

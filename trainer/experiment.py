@@ -62,6 +62,26 @@ class _StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
             )
 
 
+class _EpochTimer(tf.keras.callbacks.Callback):
+    """Wall time of every epoch's training steps (validation excluded), for metrics.json."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._started = 0.0
+        self._last_batch_end = 0.0
+        self._supports_tf_logs = True  # no per-batch conversion of logs to NumPy
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last_batch_end = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(max(self._last_batch_end, self._started) - self._started)
+
+
 def make_optimizer(train: Mapping[str, Any], total_steps: int) -> tf.keras.optimizers.Optimizer:
     name = train["optimizer"].lower()
     rate: Any = float(train["learning_rate"])
@@ -195,7 +215,9 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
             "validation_steps": data.steps_for(info.eval_rows, int(train["eval_batch_size"]) * replicas)
             if task.is_distributed else None,
         }
+    epoch_timer = _EpochTimer()
     callbacks = [
+        epoch_timer,
         _StopOnNonFiniteLoss(),
         tf.keras.callbacks.BackupAndRestore(paths.backup),
         tf.keras.callbacks.TensorBoard(paths.tensorboard, update_freq="epoch", profile_batch=0),
@@ -239,6 +261,8 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
             "export_seconds": round(export_seconds, 3),
             "total_seconds": round(time.time() - started, 3),
             "train_examples_per_second": round(epochs_run * steps * global_batch / max(train_seconds, 1e-9), 1),
+            "epoch_seconds": [round(x, 3) for x in epoch_timer.seconds],
+            "epoch_examples_per_second": [round(steps * global_batch / max(x, 1e-9), 1) for x in epoch_timer.seconds],
         },
         "replicas": replicas,
         "global_batch_size": global_batch,

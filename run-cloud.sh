@@ -4,6 +4,8 @@
 #
 #   ./run-cloud.sh local [options]   pipeline + training on ML-100K, locally
 #   ./run-cloud.sh test [pytest args] the test suite (what .ci/run calls)
+#   ./run-cloud.sh preprocess|train|tune|deploy|predict ... [--dry-run]
+#                                     Dataflow and Vertex AI (settings: configs/cloud.yaml)
 #
 # Every subcommand takes --help.
 set -euo pipefail
@@ -17,8 +19,18 @@ usage() {
 usage: ./run-cloud.sh SUBCOMMAND [options]
 
 subcommands:
-  local   run the MovieLens pipeline and MF training on this machine
-  test    run the test suite (creates or reuses .venv)
+  local       run the MovieLens pipeline and MF training on this machine
+  test        run the test suite (creates or reuses .venv)
+  preprocess  run a Beam pipeline on Dataflow
+  train       train on Vertex AI (CustomJob: 1 chief + N-1 workers)
+  tune        hyperparameter tuning on Vertex AI (HyperparameterTuningJob)
+  deploy      upload a job's SavedModel as a Vertex Model and deploy it to an endpoint
+  predict     send raw (user_id, item_id) instances to an endpoint
+
+Cloud subcommands read configs/cloud.yaml (or $CLOUD_CONFIG); the environment
+wins: GCP_PROJECT, GCP_REGION, GCS_BUCKET, GCP_SERVICE_ACCOUNT,
+VERTEX_TRAIN_IMAGE, VERTEX_SERVING_IMAGE. Each takes --dry-run, which prints
+the exact request (command line or Vertex AI JSON) and sends nothing.
 
 Run './run-cloud.sh SUBCOMMAND --help' for the options of one subcommand.
 EOF
@@ -132,12 +144,101 @@ EOF
   return "$rc"
 }
 
+# shellcheck disable=SC2016  # literal $CLOUD_CONFIG in help text
+CLOUD_SETTINGS_HELP='Settings: configs/cloud.yaml (or $CLOUD_CONFIG); environment overrides
+GCP_PROJECT, GCP_REGION, GCS_BUCKET, GCP_SERVICE_ACCOUNT, VERTEX_TRAIN_IMAGE,
+VERTEX_SERVING_IMAGE. Placeholder values ("your-...") count as unset.
+
+  --dry-run            print the exact request and send nothing (no gcloud or credentials needed)
+  --cloud-config YAML  another settings file'
+
+cloud_help() {
+  case "$1" in
+    preprocess) cat <<'EOF'
+usage: ./run-cloud.sh preprocess DATASET --input GCS_PATH [--output GCS_DIR] [--dry-run] [-- PIPELINE FLAGS]
+
+Runs python -m beam_pipelines.DATASET on Dataflow (DataflowRunner, --setup_file
+./setup.py, temp/staging under gs://BUCKET/dataflow/, job name DATASET-TIMESTAMP).
+Output defaults to gs://BUCKET/data/DATASET-TIMESTAMP. Flags after -- go to the
+pipeline unchanged (e.g. -- --split random --eval-fraction 0.1 --num-shards 16).
+EOF
+      ;;
+    train) cat <<'EOF'
+usage: ./run-cloud.sh train CONFIG [--data GCS_DIR] [--workers N] [--machine-type T]
+                        [--accelerator A] [--accelerator-count K] [--set KEY=VALUE ...] [--name NAME] [--dry-run]
+
+Builds the package (setup.py sdist), uploads it and CONFIG to the bucket, and
+submits a Vertex AI CustomJob running python -m trainer.task in the prebuilt
+TensorFlow container (images.train): worker pool 0 = the chief (1 replica),
+pool 1 = N-1 workers (MultiWorkerMirroredStrategy). base_output_directory is
+gs://BUCKET/jobs/NAME, so Vertex sets AIP_MODEL_DIR (the export goes to
+.../model), AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR. The data (default
+gs://BUCKET/data/<config name>) needs at least N train shards.
+EOF
+      ;;
+    tune) cat <<'EOF'
+usage: ./run-cloud.sh tune CONFIG [--study TUNE_YAML] [--data GCS_DIR] [--workers N] [--machine-type T]
+                       [--accelerator A] [--set KEY=VALUE ...] [--name NAME] [--dry-run]
+
+Submits a Vertex AI HyperparameterTuningJob: each trial is the train job above
+with the trial's values appended as --hparams.KEY=VALUE / --train.KEY=VALUE.
+The study (metric, algorithm, trial counts, parameters) comes from TUNE_YAML
+(default configs/movielens_mf_tune.yaml), not from the trainer config. The
+trainer reports the metric with --hypertune-metric (cloudml-hypertune file).
+EOF
+      ;;
+    deploy) cat <<'EOF'
+usage: ./run-cloud.sh deploy JOB_DIR [--endpoint ID] [--machine-type T] [--name NAME] [--dry-run]
+
+Uploads the job's SavedModel (JOB_DIR/model for a Vertex job, JOB_DIR/export
+otherwise, or JOB_DIR itself when it ends in /model or /export; must be gs://)
+as a Vertex Model with the prebuilt TensorFlow serving container (images.serving),
+creates an endpoint (unless --endpoint) and deploys the model on it.
+The dry run prints the UploadModel, CreateEndpoint and DeployModel requests.
+EOF
+      ;;
+    predict) cat <<'EOF'
+usage: ./run-cloud.sh predict --endpoint ID (--instances FILE | --user U --item I [--user U --item I ...]) [--dry-run]
+
+Sends raw ids to a deployed endpoint: instances are {"user_id": ..., "item_id": ...}
+(FILE holds a JSON list of them); prints the predictions (rating, known_user, known_item).
+EOF
+      ;;
+  esac
+  printf '\n%s\n' "$CLOUD_SETTINGS_HELP"
+}
+
+# preprocess | train | tune | deploy | predict: arguments go to tools/vertex.py,
+# which builds the requests; this checks the prerequisites of a real submission.
+cmd_cloud() {
+  local sub="$1"
+  shift
+  local dry_run=0 arg
+  for arg in "$@"; do
+    case "$arg" in
+      -h|--help) cloud_help "$sub"; return 0 ;;
+      --dry-run) dry_run=1 ;;
+      --) break ;;
+    esac
+  done
+  if [[ ! -x "$PYTHON" ]]; then
+    ensure_venv
+  fi
+  if [[ $dry_run -eq 0 ]]; then
+    command -v gcloud >/dev/null 2>&1 \
+      || die "gcloud is not installed or not on PATH: install the Google Cloud CLI (or use --dry-run)"
+  fi
+  cd "$ROOT"
+  "$PYTHON" -m tools.vertex "$sub" "$@"
+}
+
 main() {
   local sub="${1:-}"
   [[ $# -gt 0 ]] && shift
   case "$sub" in
     local) cmd_local "$@" ;;
     test) cmd_test "$@" ;;
+    preprocess|train|tune|deploy|predict) cmd_cloud "$sub" "$@" ;;
     -h|--help|help) usage ;;
     "") usage; exit 2 ;;
     *) usage >&2; die "unknown subcommand $sub" ;;

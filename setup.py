@@ -27,5 +27,5 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*", "tools", "tools.*"]),
     install_requires=REQUIRED,
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "gcp-storage-emulator>=2024.8.3"]},  # emulator: gs:// tests on 127.0.0.1
 )

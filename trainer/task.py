@@ -5,6 +5,12 @@ Usage::
     python -m trainer.task --config configs/movielens_mf.yaml --data OUT --job-dir JOB \\
         [--set train.epochs=3 --set hparams.embedding_dim=32]
 
+    python -m trainer.task --local-workers 2 ...    # 1 chief + 1 worker on 127.0.0.1 (tools.launch_local)
+
+Vertex AI tuning trials append ``--hparams.KEY=VALUE`` / ``--train.KEY=VALUE``
+(same as ``--set``); ``--hypertune-metric rmse`` (or ``$CLOUD_ML_HP_METRIC_TAG``)
+reports the final eval metric to ``$CLOUD_ML_HP_METRIC_FILE`` (cloudml-hypertune format).
+
 ``TF_CONFIG`` selects the strategy; ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR`` and
 ``AIP_TENSORBOARD_LOG_DIR`` (set by Vertex AI) override the job sub-directories.
 Errors the user can fix are printed as one line (exit code 2), never as a traceback.
@@ -12,8 +18,12 @@ Errors the user can fix are printed as one line (exit code 2), never as a traceb
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import re
 import sys
+import time
 from typing import Sequence
 
 import trainer  # noqa: F401  (selects Keras 2 before TensorFlow is imported)
@@ -26,11 +36,74 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--job-dir", required=True, help="where the job writes (local or gs://)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3")
     parser.add_argument("--verbose", action="store_true", help="INFO logging")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--local-workers", type=int, default=0, metavar="N",
+        help="run N local processes (1 chief + N-1 workers on 127.0.0.1) via tools.launch_local; needs >= N shards",
+    )
+    parser.add_argument(
+        "--hypertune-metric", default=None, metavar="TAG",
+        help="report eval metric TAG (e.g. rmse) for Vertex AI tuning; default $CLOUD_ML_HP_METRIC_TAG when set",
+    )
+    args, unknown = parser.parse_known_args(argv)
+    # Vertex AI hyperparameter tuning appends each trial's values as --PARAMETER_ID=VALUE;
+    # parameter ids are config keys (hparams.l2_embedding), so they become --set overrides.
+    rest = list(unknown)
+    while rest:
+        arg = rest.pop(0)
+        match = re.fullmatch(r"--((?:train|hparams)\.\w+)(?:=(.*))?", arg)
+        if not match:
+            parser.error(f"unrecognized arguments: {' '.join([arg, *rest])}")
+        value = match.group(2)
+        if value is None:
+            if not rest:
+                parser.error(f"{arg} needs a value")
+            value = rest.pop(0)
+        args.set.append(f"{match.group(1)}={value}")
+    return args
+
+
+def _strip_local_workers(argv: Sequence[str]) -> list[str]:
+    """The trainer arguments without ``--local-workers N`` / ``--local-workers=N``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--local-workers":
+            skip = True
+        elif not arg.startswith("--local-workers="):
+            kept.append(arg)
+    return kept
+
+
+def report_hypertune_metric(tag: str, value: float, step: int, environ=None) -> str:
+    """Appends one metric record the way the cloudml-hypertune library does.
+
+    Vertex AI hyperparameter tuning reads JSON lines from ``$CLOUD_ML_HP_METRIC_FILE``
+    (default ``/tmp/hypertune/output.metrics``); each holds the tag, value, global step
+    and a timestamp. Returns the file written.
+    """
+    environ = os.environ if environ is None else environ
+    path = environ.get("CLOUD_ML_HP_METRIC_FILE") or "/tmp/hypertune/output.metrics"
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    record = {"timestamp": time.time(), "trial": str(environ.get("CLOUD_ML_TRIAL_ID", "0")),
+              tag: str(value), "global_step": str(int(step)), "checkpoint_path": ""}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.local_workers > 1:
+        if os.environ.get("TF_CONFIG"):
+            print("trainer: error: --local-workers starts its own cluster; unset TF_CONFIG", file=sys.stderr)
+            return 2
+        from tools import launch_local
+
+        raw = list(sys.argv[1:] if argv is None else argv)
+        return launch_local.launch(_strip_local_workers(raw), args.local_workers)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from trainer import config as config_lib
     from trainer import data, experiment
@@ -41,6 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config_lib.ConfigError, data.DataError, experiment.TrainingError) as error:
         print(f"trainer: error: {error}", file=sys.stderr)
         return 2
+    tag = args.hypertune_metric or os.environ.get("CLOUD_ML_HP_METRIC_TAG")
+    if tag:
+        from trainer import distribute
+
+        if tag not in result["eval"]:
+            print(f"trainer: error: hypertune metric {tag!r} is not an eval metric "
+                  f"(have: {', '.join(result['eval']) or 'none'})", file=sys.stderr)
+            return 2
+        if distribute.task_info().is_lead:
+            steps = len(result["history"].get("loss", [])) * int(result["steps_per_epoch"])
+            path = report_hypertune_metric(tag, float(result["eval"][tag]), steps)
+            print(f"trainer: reported {tag}={result['eval'][tag]:.4f} for hyperparameter tuning to {path}")
     evaluation = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result["eval"].items())
     print(f"trainer: {result['model']} eval: {evaluation or 'no eval rows'}")
     print(f"trainer: train {result['timings']['train_seconds']:.1f} s "

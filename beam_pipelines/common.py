@@ -290,6 +290,23 @@ def read_counters(result) -> dict[str, int]:
     return counters
 
 
+# --------------------------------------------------------------------------- entry points
+def pipeline_main(name: str, run: Callable[[Sequence[str] | None], dict[str, Any]],
+                  describe: Callable[[dict[str, Any]], str], argv: Sequence[str] | None = None) -> int:
+    """A pipeline's ``main``: runs it, prints a one-line summary, or one error line (exit 2)."""
+    import os
+    import sys
+
+    logging.getLogger().setLevel(logging.INFO if os.environ.get("VERBOSE") else logging.WARNING)
+    try:
+        summary = run(argv)
+    except PipelineInputError as error:
+        print(f"{name} pipeline: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{name} pipeline: {describe(summary)}")
+    return 0
+
+
 # --------------------------------------------------------------------------- outputs
 def write_json(path: str, payload: dict[str, Any]) -> None:
     with FileSystems.create(path) as handle:

@@ -716,20 +716,17 @@ def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, i
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.INFO if os.environ.get("VERBOSE") else logging.WARNING)
-    try:
-        summary = run(argv)
-    except common.PipelineInputError as error:
-        print(f"lastfm pipeline: error: {error}", file=sys.stderr)
-        return 2
+def _describe(summary: dict[str, Any]) -> str:
     c = summary["counts"]
-    print(
-        f"lastfm pipeline: users train/valid/test {c['users']['train']}/{c['users']['valid']}/{c['users']['test']}, "
+    return (
+        f"users train/valid/test {c['users']['train']}/{c['users']['valid']}/{c['users']['test']}, "
         f"{c['follows_pairs']} friendships, {c['likes_edges']} likes, {c['rejected_rows']} rejected; "
         f"{summary['pipeline_seconds']} s"
     )
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.pipeline_main("lastfm", run, _describe, argv)
 
 
 if __name__ == "__main__":

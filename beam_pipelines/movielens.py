@@ -903,21 +903,18 @@ def _check_rejects(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.getLogger().setLevel(logging.INFO if os.environ.get("VERBOSE") else logging.WARNING)
-    try:
-        summary = run(argv)
-    except common.PipelineInputError as error:
-        print(f"movielens pipeline: error: {error}", file=sys.stderr)
-        return 2
+def _describe(summary: dict[str, Any]) -> str:
     counts = summary["counts"]
-    print(
-        f"movielens pipeline: {counts['train_rows']} train, {counts['eval_rows']} eval, "
+    return (
+        f"{counts['train_rows']} train, {counts['eval_rows']} eval, "
         f"{counts['rejected_rows']} rejected, {counts['duplicates_dropped']} duplicates dropped; "
         f"{summary['vocabulary']['user']} users, {summary['vocabulary']['item']} items; "
         f"{summary['pipeline_seconds']} s"
     )
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.pipeline_main("movielens", run, _describe, argv)
 
 
 if __name__ == "__main__":

@@ -38,15 +38,11 @@ def loss_curves(history: Mapping[str, Sequence[float]], path: str, title: str) -
         axis.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    with tf.io.gfile.GFile(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-    return path
+    return _save(fig, plt, path)
 
 
 def _save(fig, plt, path: str) -> str:
+    """Writes a figure as PNG through tf.io.gfile (so gs:// works) and closes it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

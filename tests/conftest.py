@@ -86,3 +86,26 @@ def read_examples(dir_glob: str | Path) -> list[dict[str, list[Any]]]:
                 row[name] = list(getattr(feature, kind).value) if kind else []
             examples.append(row)
     return examples
+
+
+def two_taste_ratings(num_users: int, num_items: int, per_user: int, seed: int,
+                      spread: float = 2.0, noise: float = 0.0) -> list[tuple[int, int, int, int]]:
+    """Tiny planted ratings: odd users like odd items, even users even items.
+
+    A liked item is rated ``3 + spread``, any other ``3 - spread``, plus N(0, noise)
+    when ``noise`` > 0, rounded and clipped to 1..5; timestamps increase by row.
+    Returns ``(user, item, rating, timestamp)`` rows.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, num_users + 1):
+        taste = user % 2
+        for item in rng.choice(np.arange(1, num_items + 1), size=per_user, replace=False):
+            mean = 3 + (spread if (item % 2) == taste else -spread)
+            if noise > 0:
+                mean += rng.normal(0, noise)
+            rating = int(np.clip(round(mean), 1, 5))
+            rows.append((user, int(item), rating, 1_000_000 + len(rows)))
+    return rows

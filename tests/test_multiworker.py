@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import two_taste_ratings
 from tools import launch_local
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,26 +196,14 @@ def test_trainer_local_workers_flag_strips_itself():
 
 # --- real MultiWorkerMirroredStrategy on loopback ------------------------------------------
 
-def _planted_rows(num_users=200, num_items=100, per_user=30, seed=3):
-    """Two user tastes x two item genres (3 +- 1.5) plus rounding and N(0, 0.7) noise."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for user in range(1, num_users + 1):
-        taste = user % 2
-        for item in rng.choice(np.arange(1, num_items + 1), size=per_user, replace=False):
-            mean = 3 + (1.5 if (item % 2) == taste else -1.5)
-            rating = int(np.clip(round(mean + rng.normal(0, 0.7)), 1, 5))
-            rows.append((user, int(item), rating, 1_000_000 + len(rows)))
-    return rows
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """4800 train / 1200 eval ratings in 4 shards (>= workers)."""
     from beam_pipelines import movielens
 
     root = tmp_path_factory.mktemp("mw")
-    rows = _planted_rows()
+    # Two tastes x two genres (3 +- 1.5) plus N(0, 0.7) noise.
+    rows = two_taste_ratings(num_users=200, num_items=100, per_user=30, seed=3, spread=1.5, noise=0.7)
     for name, keep in (("base.tsv", lambda i: i % 5), ("test.tsv", lambda i: not i % 5)):
         (root / name).write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for n, (u, i, r, t) in enumerate(rows) if keep(n)))
     movielens.run(["--input", str(root / "base.tsv"), "--eval-input", str(root / "test.tsv"), "--split", "given",

@@ -10,25 +10,15 @@ import pytest
 from beam_pipelines import movielens
 from trainer import task
 
+from tests.conftest import two_taste_ratings
+
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-
-
-def _planted_ratings(num_users=60, num_items=50, per_user=20, seed=3):
-    """Ratings from two user tastes x two item genres, so a learner beats the mean."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for user in range(1, num_users + 1):
-        taste = user % 2
-        for item in rng.choice(np.arange(1, num_items + 1), size=per_user, replace=False):
-            rating = 5 if (item % 2) == taste else 1
-            rows.append((user, int(item), rating, 1_000_000 + len(rows)))
-    return rows
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    rows = _planted_ratings()
+    rows = two_taste_ratings(num_users=60, num_items=50, per_user=20, seed=3)  # ratings 5 or 1
     train = [r for i, r in enumerate(rows) if i % 5]
     test = [r for i, r in enumerate(rows) if not i % 5]
     (root / "base.tsv").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in train))

@@ -24,8 +24,16 @@ setuptools.setup(
     name="recsys-pipelines",
     version="0.1.0",
     description="Beam/Dataflow pipelines and TensorFlow trainers for recommenders and graph models",
+    # Not 3.10: tensorflow 2.21.0 has no cp310 wheel (the last is 2.20.0), and tf-keras 2.21,
+    # tensorflow-transform 1.21 and tfx-bsl 1.21 all require tensorflow>=2.21,<2.22; the step
+    # down (tf.Transform 1.17) has no cp310 tfx-bsl wheel and wants Beam <2.51 on Python <3.11.
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*", "tools", "tools.*"]),
     install_requires=REQUIRED,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+    ],
     extras_require={"test": ["pytest>=8", "gcp-storage-emulator>=2024.8.3"]},  # emulator: gs:// tests on 127.0.0.1
 )

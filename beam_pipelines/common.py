@@ -308,9 +308,14 @@ def pipeline_main(name: str, run: Callable[[Sequence[str] | None], dict[str, Any
 
 
 # --------------------------------------------------------------------------- outputs
-def write_json(path: str, payload: dict[str, Any]) -> None:
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` as UTF-8 to ``path`` (local or gs://), replacing any earlier file."""
     with FileSystems.create(path) as handle:
-        handle.write(json.dumps(payload, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+        handle.write(text.encode("utf-8"))
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str) -> dict[str, Any]:
@@ -323,12 +328,19 @@ def join_path(*parts: str) -> str:
 
 
 def clear_outputs(output: str, names: Sequence[str]) -> None:
-    """Deletes earlier outputs of a pipeline so no stale shard survives a rerun."""
+    """Deletes earlier outputs of a pipeline so no stale shard survives a rerun.
+
+    On gs:// a folder is only a name prefix (``exists`` is false for it), so
+    ``NAME/`` is deleted as a prefix there; deleting a prefix without objects is a no-op.
+    """
     for name in names:
         path = FileSystems.join(output, name)
         if FileSystems.exists(path):
             logging.info("Removing earlier output %s", path)
             FileSystems.delete([path])
+        elif path.startswith("gs://"):
+            logging.info("Removing earlier outputs under %s/", path)
+            FileSystems.delete([path.rstrip("/") + "/"])
 
 
 def first_rejections(

@@ -13,7 +13,9 @@ both directions of every friendship), ``likes`` (user -> artist) and ``liked_by`
 user nodes carry ``label_hint``: the class of *train* users only, and
 ``num_classes`` ("unknown") for everyone else, always including the root itself.
 
-``run(argv)`` is the only place that reads or writes.
+``run(argv)`` is the only place that reads or writes, every file through Beam
+``FileSystems`` (``beam_pipelines.common``), so ``--edges``, ``--targets``,
+``--features`` and ``--output`` may all be gs:// paths.
 """
 from __future__ import annotations
 
@@ -614,9 +616,6 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     output = args.output if "://" in args.output else os.path.abspath(args.output)
     common.clear_outputs(output, OUTPUT_NAMES)
     label_hints = args.label_hints == "true"
-
-    import tensorflow as tf
-
     schema = graph_schema(args.num_classes, label_hints)
 
     options = PipelineOptions(beam_args)
@@ -643,10 +642,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     result = pipeline.run()
     result.wait_until_finish()
     counts = common.read_counters(result)
-    with tf.io.gfile.GFile(common.join_path(output, "graph_schema.pbtxt"), "w") as handle:
-        from google.protobuf import text_format
+    from google.protobuf import text_format
 
-        handle.write(text_format.MessageToString(schema))
+    common.write_text(common.join_path(output, "graph_schema.pbtxt"), text_format.MessageToString(schema))
     summary = summarize(args, fractions, fanouts, edges, targets, features, counts, label_hints, time.time() - started)
     if not summary["accounting"]["balanced"]:
         raise common.PipelineInputError(f"rows do not add up: {json.dumps(summary['accounting'])}")

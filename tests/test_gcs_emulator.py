@@ -4,12 +4,19 @@ The MovieLens pipeline reads its inputs from gs:// (match, format sniffing,
 sha256, line reading: all Beam FileSystems), and the deterministic shard writer
 writes gs:// shards that the google-cloud-storage client reads back.
 
-Not covered, by necessity: ``--output gs://`` of the whole pipeline. tf.Transform
-writes transform_fn/ through ``tf.io.gfile``, and TensorFlow's gs:// file system
-has no emulator endpoint (it always calls www.googleapis.com), see PITFALLS.md.
+The LastFM pipeline is covered end to end: ``python -m beam_pipelines.lastfm``
+reads edges, targets and liked artists from gs:// and writes train/valid/test
+shards, rejected/, dataset.json and graph_schema.pbtxt to gs:// (every read and
+write is Beam FileSystems); the GCS client reads them back and TF-GNN parses a
+shard record with the downloaded schema.
+
+Not covered, by necessity: ``--output gs://`` of the whole MovieLens pipeline.
+tf.Transform writes transform_fn/ through ``tf.io.gfile``, and TensorFlow's gs://
+file system has no emulator endpoint (it always calls www.googleapis.com), see
+PITFALLS.md.
 
 Beam spends ~20 s per process retrying credential lookup before it falls back
-to anonymous access, so the Beam side runs in one child process.
+to anonymous access, so the Beam side of each test runs in one child process.
 """
 from __future__ import annotations
 
@@ -152,3 +159,60 @@ def test_pipeline_reads_gs_inputs_and_beam_writes_gs_shards(client, emulator, tm
     assert len(local) == summary["counts"]["train_rows"]
     assert sorted(from_gcs) == sorted(local)
     assert json.loads(bucket.blob("out/dataset.json").download_as_text())["counts"] == summary["counts"]
+
+
+def test_lastfm_pipeline_runs_from_gs_to_gs(client, emulator, tmp_path):
+    from tools import synth
+
+    num_users = 60
+    graph = synth.generate_lastfm(num_users, seed=5, num_classes=4, avg_likes=4)
+    paths = synth.write_lastfm(graph, str(tmp_path))
+    bucket = client.bucket(BUCKET)
+    for name, path in paths.items():
+        data = Path(path).read_bytes()
+        if name == "edges.csv":
+            data += b"7,7\n"  # a self edge: must come back in rejected/ with its gs:// source
+        bucket.blob(f"lastfm/raw/{name}").upload_from_string(data)
+    stale = "lastfm/out/train/part-00007-of-00008.tfrecord.gz"  # from an earlier run with 8 shards
+    bucket.blob(stale).upload_from_string(b"stale")
+
+    raw, out = f"gs://{BUCKET}/lastfm/raw", f"gs://{BUCKET}/lastfm/out"
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-m", "beam_pipelines.lastfm", "--edges", f"{raw}/edges.csv", "--targets", f"{raw}/target.csv",
+         "--features", f"{raw}/features.json", "--output", out, "--num-classes", "4", "--num-shards", "2", "--no_auth"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, start_new_session=True,
+    )
+    assert result.returncode == 0 and "lastfm pipeline: users train/valid/test" in result.stdout, result.stderr[-4000:]
+
+    names = sorted(b.name for b in client.list_blobs(BUCKET, prefix="lastfm/out/"))
+    shards = [f"lastfm/out/{split}/part-0000{i}-of-00002.tfrecord.gz" for split in ("test", "train", "valid") for i in range(2)]
+    assert names == sorted([*shards, "lastfm/out/rejected/part-00000-of-00001.jsonl",
+                            "lastfm/out/dataset.json", "lastfm/out/graph_schema.pbtxt"]), names
+    assert stale not in names
+
+    summary = json.loads(bucket.blob("lastfm/out/dataset.json").download_as_text())
+    assert summary["accounting"]["balanced"], summary["accounting"]
+    assert sum(summary["counts"]["users"].values()) == num_users == sum(summary["counts"]["examples"].values())
+    sources = {s["side"]: s for s in summary["sources"]}
+    assert sources["edges"]["path"] == f"{raw}/edges.csv"
+    assert sources["features"]["sha256"] == hashlib.sha256(Path(paths["features.json"]).read_bytes()).hexdigest()
+    rejected = [json.loads(line) for line in
+                bucket.blob("lastfm/out/rejected/part-00000-of-00001.jsonl").download_as_text().splitlines()]
+    assert [(r["source"], r["reason"]) for r in rejected] == [(f"{raw}/edges.csv", "edge: self edge")]
+    assert summary["counts"]["rejected_rows"] == 1
+
+    records = []
+    for name in shards:
+        records += _tfrecords(gzip.decompress(bucket.blob(name).download_as_bytes()))
+    assert len(records) == num_users
+
+    import tensorflow as tf
+    import tensorflow_gnn as tfgnn
+
+    schema = tfgnn.parse_schema(bucket.blob("lastfm/out/graph_schema.pbtxt").download_as_text())
+    graph_tensor = tfgnn.parse_single_example(tfgnn.create_graph_spec_from_schema_pb(schema), tf.constant(records[0]))
+    root = graph_tensor.context["root_id"].numpy()[0].decode()
+    assert graph_tensor.node_sets["user"]["#id"].numpy()[0].decode() == root
+    assert 0 <= int(graph_tensor.context["label"].numpy()[0]) < 4
+    assert int(graph_tensor.node_sets["user"]["label_hint"].numpy()[0]) == 4  # the root's own label is hidden

@@ -69,7 +69,7 @@ default_mirror() {
 }
 
 cmd_local() {
-  local work="$ROOT/runs/local" config="$ROOT/configs/movielens_mf.yaml" fold="u1"
+  local work="$ROOT/runs/local" config="$ROOT/configs/movielens_bayesian_mf.yaml" fold="u1"
   local -a sets=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -84,7 +84,8 @@ DirectRunner, trains MF with trainer.task, and prints the metrics and where
 the outputs are.
 
   --work DIR     where datasets, pipeline output and the job go (default runs/local)
-  --config YAML  trainer config (default configs/movielens_mf.yaml)
+  --config YAML  trainer config (default configs/movielens_bayesian_mf.yaml;
+                 configs/movielens_mf.yaml is the SGD MF)
   --fold NAME    canonical split u1..u5, ua or ub (default u1)
   --set K=V      trainer override, repeatable (e.g. --set train.epochs=2)
 EOF

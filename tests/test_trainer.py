@@ -139,3 +139,65 @@ def test_non_finite_loss_is_one_clear_line(tiny, tmp_path):
 def test_unknown_config_key_is_one_clear_line(tiny, tmp_path):
     result = _run_cli("--data", str(tiny["data"]), "--job-dir", str(tmp_path / "j"), "--set", "train.epoch=2")
     _assert_one_line_error(result, "valid train keys")
+
+
+# --------------------------------------------------------------------------- Bayesian MF (Gibbs sampling)
+@pytest.fixture(scope="module")
+def bayesian(tiny):
+    job = tiny["root"] / "bayesian_job"
+    code = task.main([
+        "--config", str(REPO / "configs" / "movielens_bayesian_mf.yaml"), "--data", str(tiny["data"]),
+        "--job-dir", str(job), "--set", "hparams.embedding_dim=4", "--set", "hparams.sweeps=40",
+        "--set", "hparams.burn_in=10", "--set", "hparams.kept_samples=8",
+    ])
+    assert code == 0
+    return job
+
+
+def test_bayesian_mf_learns_and_serves_raw_ids(bayesian, tiny):
+    import tensorflow as tf
+
+    metrics = json.loads((bayesian / "metrics.json").read_text())
+    assert len(metrics["history"]["rmse"]) == len(metrics["history"]["val_rmse"]) == 40
+    assert (bayesian / "plots" / "loss.png").stat().st_size > 1000
+    actual = np.array([r for _, _, r, _ in tiny["test"]], dtype=float)
+    mean_baseline = float(np.sqrt(np.mean((actual - actual.mean()) ** 2)))
+    assert metrics["eval"]["rmse"] < 0.5 * mean_baseline
+    serve = tf.saved_model.load(str(bayesian / "export")).signatures["serving_default"]
+    out = serve(user_id=tf.constant([str(u) for u, _, _, _ in tiny["test"]]),
+                item_id=tf.constant([str(i) for _, i, _, _ in tiny["test"]]))
+    served = float(np.sqrt(np.mean((out["rating"].numpy() - actual) ** 2)))
+    assert served == pytest.approx(metrics["eval"]["rmse"], abs=1e-4)
+
+
+def test_exported_bayesian_mf_is_the_mean_over_kept_samples():
+    import tensorflow as tf
+
+    from beam_pipelines import features as F
+    from trainer.models import bayesian_mf, mf
+
+    rng = np.random.default_rng(0)
+    samples, users, items, k = 5, 3, 4, 2
+    user_rows = rng.normal(size=(samples, users, k + 1)).astype(np.float32)
+    item_rows = rng.normal(size=(samples, items, k + 1)).astype(np.float32)
+    model = mf.MatrixFactorization(mf.Config(embedding_dim=samples * k), users, items, rating_mean=3.0,
+                                   rating_range=(1.0, 5.0), global_batch_size=1)
+    u, i = np.repeat(np.arange(users), items), np.tile(np.arange(items), users)
+    features = {F.USER_INDEX: tf.constant(u), F.ITEM_INDEX: tf.constant(i)}
+    model(features)
+    bayesian_mf._write_posterior_mean(model, user_rows, item_rows)  # noqa: SLF001
+    per_sample = 3.0 + user_rows[:, u, 0] + item_rows[:, i, 0] + np.sum(user_rows[:, u, 1:] * item_rows[:, i, 1:], -1)
+    np.testing.assert_allclose(model(features, training=True).numpy(), per_sample.mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_bayesian_mf_refuses_several_workers(tiny, tmp_path):
+    import os
+
+    tf_config = json.dumps({"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"]},
+                            "task": {"type": "chief", "index": 0}})
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.task", "--config", str(REPO / "configs" / "movielens_bayesian_mf.yaml"),
+         "--data", str(tiny["data"]), "--job-dir", str(tmp_path / "j")],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "TF_CONFIG": tf_config}, timeout=300,
+    )
+    _assert_one_line_error(result, "Gibbs sampling in one process")

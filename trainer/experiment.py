@@ -180,6 +180,8 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
             handle.write(config_lib.dump(config))
 
     tf.keras.utils.set_random_seed(int(train["seed"]))
+    if spec.fit is not None:
+        return _run_own_fit(config, spec, model_config, info, data_dir, paths, task, started)
     strategy = distribute.make_strategy(task)
     replicas = strategy.num_replicas_in_sync
     per_replica_batch = int(train["batch_size"])
@@ -269,9 +271,64 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
         "steps_per_epoch": steps,
         "export_dir": kept,
     }
+    _write_results(result, config, data_dir, paths, task)
+    return result
+
+
+def _write_results(result: dict[str, Any], config: Mapping[str, Any], data_dir: str, paths: JobPaths, task,
+                   xlabel: str = "epoch") -> None:
     if task.is_lead:
         tf.io.gfile.makedirs(f"{paths.job_dir}/plots")
-        plots.loss_curves(history.history, f"{paths.job_dir}/plots/loss.png", f"{config['model']} on {os.path.basename(data_dir.rstrip('/'))}")
+        plots.loss_curves(result["history"], f"{paths.job_dir}/plots/loss.png",
+                          f"{config['model']} on {os.path.basename(data_dir.rstrip('/'))}", xlabel)
         with tf.io.gfile.GFile(f"{paths.job_dir}/metrics.json", "w") as handle:
             handle.write(json.dumps(result, indent=2) + "\n")
+
+
+def _run_own_fit(config, spec, model_config, info: data.DataInfo, data_dir: str, paths: JobPaths, task,
+                 started: float) -> dict[str, Any]:
+    """A model that trains itself (a Gibbs sampler): same evaluation, export and outputs as fit()."""
+    if task.is_distributed:
+        raise config_lib.ConfigError(
+            f"model {config['model']} trains by Gibbs sampling in one process; run it without TF_CONFIG workers "
+            "(--local-workers / Vertex worker pools are for the SGD models)"
+        )
+    model = spec.build_model(model_config, info, 1)
+    model(next(iter(data.local_dataset(info, "train", 2, keys=spec.required_features))))  # build the tables
+    sweep_seconds: list[float] = []
+    last = [time.time()]
+
+    def on_sweep(sweep: int, values: dict[str, float]) -> None:
+        now = time.time()
+        sweep_seconds.append(now - last[0])
+        last[0] = now
+
+    fit_started = time.time()
+    history = spec.fit(model, model_config, info, on_sweep)
+    train_seconds = time.time() - fit_started
+    eval_started = time.time()
+    evaluation = evaluate_ratings(model, info, int(config["train"]["eval_batch_size"])) if info.eval_rows else {}
+    eval_seconds = time.time() - eval_started
+    export_started = time.time()
+    kept = export.export_rating_model(model, info, paths.export, task.is_lead)
+    export_seconds = time.time() - export_started
+    result = {
+        "model": config["model"],
+        "kind": spec.kind,
+        "data": data_dir,
+        "split": info.summary.get("split"),
+        "eval": evaluation,
+        "history": {k: [float(v) for v in values] for k, values in history.items()},
+        "timings": {
+            "train_seconds": round(train_seconds, 3),
+            "eval_seconds": round(eval_seconds, 3),
+            "export_seconds": round(export_seconds, 3),
+            "total_seconds": round(time.time() - started, 3),
+            "train_examples_per_second": round(len(sweep_seconds) * info.train_rows / max(train_seconds, 1e-9), 1),
+            "sweep_seconds": [round(x, 3) for x in sweep_seconds],
+        },
+        "replicas": 1,
+        "export_dir": kept,
+    }
+    _write_results(result, config, data_dir, paths, task, xlabel="Gibbs sweep")
     return result

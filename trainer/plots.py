@@ -16,13 +16,14 @@ def _figure():
     return plt
 
 
-def loss_curves(history: Mapping[str, Sequence[float]], path: str, title: str) -> str:
+def loss_curves(history: Mapping[str, Sequence[float]], path: str, title: str, xlabel: str = "epoch") -> str:
     """Plots every metric of a Keras history, train and validation side by side.
 
     Args:
       history: ``History.history`` (``loss``, ``val_loss``, ``rmse``, ...).
       path: output PNG (local or gs://).
       title: figure title.
+      xlabel: what one step on the x axis is (``epoch``, or ``Gibbs sweep``).
     """
     plt = _figure()
     names = [k for k in history if not k.startswith("val_") and k not in ("regularization_loss", "total_loss")]
@@ -32,7 +33,7 @@ def loss_curves(history: Mapping[str, Sequence[float]], path: str, title: str) -
         axis.plot(epochs, history[name], marker="o", label="train")
         if f"val_{name}" in history:
             axis.plot(range(1, len(history[f"val_{name}"]) + 1), history[f"val_{name}"], marker="s", label="eval")
-        axis.set_xlabel("epoch")
+        axis.set_xlabel(xlabel)
         axis.set_title(name)
         axis.grid(alpha=0.3)
         axis.legend()

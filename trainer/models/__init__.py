@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from trainer.models import bpr, gmf, mf, mlp, neumf
+from trainer.models import bayesian_mf, bpr, gmf, mf, mlp, neumf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +23,16 @@ class ModelSpec:
     # "ranking": implicit feedback; trains on positives + fresh sampled negatives,
     # evaluates HR/NDCG/MRR on the pipeline's fixed candidates, serves score + recommend.
     kind: str
+    # None: Keras fit() with the optimizer from the train section. Otherwise the
+    # model's own training, fit(model, config, data_info, on_sweep) -> history
+    # (a sampler has no gradient loop; single process only).
+    fit: Callable[..., Any] | None = None
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "mf": ModelSpec("mf", mf.Config, mf.build_model, mf.REQUIRED_FEATURES, "rating"),
+    "bayesian_mf": ModelSpec("bayesian_mf", bayesian_mf.Config, bayesian_mf.build_model, bayesian_mf.REQUIRED_FEATURES,
+                             "rating", fit=bayesian_mf.fit),
     "gmf": ModelSpec("gmf", gmf.Config, gmf.build_model, gmf.REQUIRED_FEATURES, "ranking"),
     "mlp": ModelSpec("mlp", mlp.Config, mlp.build_model, mlp.REQUIRED_FEATURES, "ranking"),
     "neumf": ModelSpec("neumf", neumf.Config, neumf.build_model, neumf.REQUIRED_FEATURES, "ranking"),

@@ -4,8 +4,8 @@
 #
 #   ./run-cloud.sh local [options]   pipeline + training on ML-100K, locally
 #   ./run-cloud.sh test [pytest args] the test suite (what .ci/run calls)
-#   ./run-cloud.sh preprocess|train|tune|deploy|predict ... [--dry-run]
-#                                     Dataflow and Vertex AI (settings: configs/cloud.yaml)
+#   ./run-cloud.sh preprocess|build-image|train|tune|deploy|predict ... [--dry-run]
+#                                     Dataflow, Cloud Build and Vertex AI (settings: configs/cloud.yaml)
 #
 # Every subcommand takes --help.
 set -euo pipefail
@@ -22,6 +22,7 @@ subcommands:
   local       run the MovieLens pipeline and MF training on this machine
   test        run the test suite (creates or reuses .venv)
   preprocess  run a Beam pipeline on Dataflow
+  build-image build the training container (tools/container) with Cloud Build and push it
   train       train on Vertex AI (CustomJob: 1 chief + N-1 workers)
   tune        hyperparameter tuning on Vertex AI (HyperparameterTuningJob)
   deploy      upload a job's SavedModel as a Vertex Model and deploy it to an endpoint
@@ -29,8 +30,9 @@ subcommands:
 
 Cloud subcommands read configs/cloud.yaml (or $CLOUD_CONFIG); the environment
 wins: GCP_PROJECT, GCP_REGION, GCS_BUCKET, GCP_SERVICE_ACCOUNT,
-VERTEX_TRAIN_IMAGE, VERTEX_SERVING_IMAGE. Each takes --dry-run, which prints
-the exact request (command line or Vertex AI JSON) and sends nothing.
+VERTEX_TRAIN_CONTAINER, VERTEX_TRAIN_IMAGE, VERTEX_SERVING_IMAGE. Each takes
+--dry-run, which prints the exact request (command line or Vertex AI JSON) and
+sends nothing.
 
 Run './run-cloud.sh SUBCOMMAND --help' for the options of one subcommand.
 EOF
@@ -147,8 +149,9 @@ EOF
 
 # shellcheck disable=SC2016  # literal $CLOUD_CONFIG in help text
 CLOUD_SETTINGS_HELP='Settings: configs/cloud.yaml (or $CLOUD_CONFIG); environment overrides
-GCP_PROJECT, GCP_REGION, GCS_BUCKET, GCP_SERVICE_ACCOUNT, VERTEX_TRAIN_IMAGE,
-VERTEX_SERVING_IMAGE. Placeholder values ("your-...") count as unset.
+GCP_PROJECT, GCP_REGION, GCS_BUCKET, GCP_SERVICE_ACCOUNT, VERTEX_TRAIN_CONTAINER,
+VERTEX_TRAIN_IMAGE, VERTEX_SERVING_IMAGE. Placeholder values ("your-...", also
+inside a URI) count as unset.
 
   --dry-run            print the exact request and send nothing (no gcloud or credentials needed)
   --cloud-config YAML  another settings file'
@@ -164,25 +167,61 @@ Output defaults to gs://BUCKET/data/DATASET-TIMESTAMP. Flags after -- go to the
 pipeline unchanged (e.g. -- --split random --eval-fraction 0.1 --num-shards 16).
 EOF
       ;;
+    build-image) cat <<'EOF'
+usage: ./run-cloud.sh build-image [--tag URI] [--dry-run]
+
+Builds the training container (tools/container/Dockerfile: python:3.11-slim +
+pip install . , entry point python -m trainer.task) with Cloud Build and
+pushes it to URI (default images.train_container / $VERTEX_TRAIN_CONTAINER),
+from the repo root:
+  gcloud builds submit --config tools/container/cloudbuild.yaml \
+      --substitutions _IMAGE=URI --ignore-file tools/container/gcloudignore \
+      --project PROJECT .
+The ignore file uploads only what the Dockerfile copies (setup.py, the
+packages, configs/). URI is an Artifact Registry path such as
+us-central1-docker.pkg.dev/PROJECT/recsys/trainer:latest (create the
+repository once: gcloud artifacts repositories create recsys
+--repository-format=docker --location=us-central1). Needs gcloud, logged in
+(gcloud auth login), and GCP_PROJECT. Train with it: set
+images.train_container or VERTEX_TRAIN_CONTAINER, or pass --container-image.
+
+  --tag URI            the image to build and push
+EOF
+      ;;
     train) cat <<'EOF'
 usage: ./run-cloud.sh train CONFIG [--data GCS_DIR] [--workers N] [--machine-type T]
-                        [--accelerator A] [--accelerator-count K] [--set KEY=VALUE ...] [--name NAME] [--dry-run]
+                        [--accelerator A] [--accelerator-count K] [--set KEY=VALUE ...] [--name NAME]
+                        [--container-image URI | --python-package] [--dry-run]
 
-Builds the package (setup.py sdist), uploads it and CONFIG to the bucket, and
-submits a Vertex AI CustomJob running python -m trainer.task in the prebuilt
-TensorFlow container (images.train): worker pool 0 = the chief (1 replica),
-pool 1 = N-1 workers (MultiWorkerMirroredStrategy). base_output_directory is
+Uploads CONFIG to the bucket and submits a Vertex AI CustomJob running
+python -m trainer.task: worker pool 0 = the chief (1 replica), pool 1 = N-1
+workers (MultiWorkerMirroredStrategy). base_output_directory is
 gs://BUCKET/jobs/NAME, so Vertex sets AIP_MODEL_DIR (the export goes to
 .../model), AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR. The data (default
 gs://BUCKET/data/<config name>) needs at least N train shards.
+
+Two modes (train_mode in the settings; the flags win):
+  container (default)  every pool runs our image (containerSpec: imageUri +
+                       the trainer args); no package is built or uploaded.
+                       Build the image first with ./run-cloud.sh build-image.
+  python_package       builds setup.py's sdist, uploads it, and runs it in the
+                       Vertex prebuilt image images.train (pythonPackageSpec).
+                       Needs a prebuilt image with Python 3.11; Vertex's prebuilt
+                       TF training images are Python 3.10 (newest tf-cpu.2-17.py310),
+                       where the pinned TF 2.21 set cannot install.
+
+  --container-image URI  container mode with this image (instead of images.train_container)
+  --python-package       python-package mode
 EOF
       ;;
     tune) cat <<'EOF'
 usage: ./run-cloud.sh tune CONFIG [--study TUNE_YAML] [--data GCS_DIR] [--workers N] [--machine-type T]
-                       [--accelerator A] [--set KEY=VALUE ...] [--name NAME] [--dry-run]
+                       [--accelerator A] [--set KEY=VALUE ...] [--name NAME]
+                       [--container-image URI | --python-package] [--dry-run]
 
 Submits a Vertex AI HyperparameterTuningJob: each trial is the train job above
-with the trial's values appended as --hparams.KEY=VALUE / --train.KEY=VALUE.
+(same two modes and flags: see ./run-cloud.sh train --help) with the trial's
+values appended as --hparams.KEY=VALUE / --train.KEY=VALUE.
 The study (metric, algorithm, trial counts, parameters) comes from TUNE_YAML
 (default configs/movielens_mf_tune.yaml), not from the trainer config. The
 trainer reports the metric with --hypertune-metric (cloudml-hypertune file).
@@ -209,7 +248,7 @@ EOF
   printf '\n%s\n' "$CLOUD_SETTINGS_HELP"
 }
 
-# preprocess | train | tune | deploy | predict: arguments go to tools/vertex.py,
+# preprocess | build-image | train | tune | deploy | predict: arguments go to tools/vertex.py,
 # which builds the requests; this checks the prerequisites of a real submission.
 cmd_cloud() {
   local sub="$1"
@@ -239,7 +278,7 @@ main() {
   case "$sub" in
     local) cmd_local "$@" ;;
     test) cmd_test "$@" ;;
-    preprocess|train|tune|deploy|predict) cmd_cloud "$sub" "$@" ;;
+    preprocess|build-image|train|tune|deploy|predict) cmd_cloud "$sub" "$@" ;;
     -h|--help|help) usage ;;
     "") usage; exit 2 ;;
     *) usage >&2; die "unknown subcommand $sub" ;;

@@ -1,15 +1,20 @@
 """run-cloud.sh cloud subcommands offline: dry runs print requests that parse, clear errors, help.
 
-Nothing here talks to Google Cloud: every run is a --dry-run or fails before
-sending. The printed JSON is parsed back with the aiplatform_v1 types.
+Nothing here talks to Google Cloud: every run is a --dry-run, fails before
+sending, or (build-image) runs a fake gcloud. The printed JSON is parsed back
+with the aiplatform_v1 types. The training container (tools/container) cannot
+be built here (no Docker Hub, no Docker daemon); its files are checked as text.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import runpy
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,12 +24,15 @@ from tools import vertex
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "run-cloud.sh"
-SUBCOMMANDS = ["local", "test", "preprocess", "train", "tune", "deploy", "predict"]
+SUBCOMMANDS = ["local", "test", "preprocess", "build-image", "train", "tune", "deploy", "predict"]
+CONTAINER = REPO / "tools" / "container"
+IMAGE = "europe-west4-docker.pkg.dev/test-project/recsys/trainer:test"
 
 
 def _env(**overrides):
     env = {k: v for k, v in os.environ.items() if k not in vertex.ENV_OVERRIDES.values() and k != "CLOUD_CONFIG"}
-    env.update({"GCP_PROJECT": "test-project", "GCS_BUCKET": "test-bucket", "GCP_REGION": "europe-west4"})
+    env.update({"GCP_PROJECT": "test-project", "GCS_BUCKET": "test-bucket", "GCP_REGION": "europe-west4",
+                "VERTEX_TRAIN_CONTAINER": IMAGE})
     env.update(overrides)
     return {k: v for k, v in env.items() if v is not None}
 
@@ -62,13 +70,41 @@ def test_shellcheck_passes():
 
 
 def test_train_dry_run_prints_a_custom_job_with_chief_and_worker_pools(aip):
+    """Container mode (the default): every pool runs our image with the trainer args; no package."""
     result = _run("train", "configs/movielens_mf.yaml", "--workers", "4", "--dry-run",
                   "--data", "gs://test-bucket/data/ml-100k", "--set", "train.epochs=3")
     assert result.returncode == 0, result.stderr
     job = aip.CustomJob.from_json(result.stdout)
     pools = job.job_spec.worker_pool_specs
     assert [p.replica_count for p in pools] == [1, 3]
+    base = job.job_spec.base_output_directory.output_uri_prefix
+    assert base.startswith("gs://test-bucket/jobs/movielens-mf-")
     for pool in pools:
+        assert "python_package_spec" not in pool and "container_spec" in pool
+        assert pool.container_spec.image_uri == IMAGE
+        assert list(pool.container_spec.command) == []  # the image's ENTRYPOINT (python -m trainer.task) runs
+        args = list(pool.container_spec.args)
+        assert dict(zip(args[::2], args[1::2])) == {
+            "--config": f"{base}/config.yaml", "--data": "gs://test-bucket/data/ml-100k", "--job-dir": base,
+            "--set": "train.epochs=3",
+        }
+    assert all("pythonPackageSpec" not in p for p in json.loads(result.stdout)["jobSpec"]["workerPoolSpecs"])
+    assert "projects/test-project/locations/europe-west4/customJobs" in result.stderr
+    assert f"container mode: image {IMAGE}" in result.stderr
+    # Only the config is uploaded: no sdist is built in this mode.
+    assert [line for line in result.stderr.splitlines() if "would upload" in line] == [
+        f"[vertex] would upload configs/movielens_mf.yaml -> {base}/config.yaml"]
+
+
+def test_train_python_package_mode_prints_the_prebuilt_image_request(aip):
+    result = _run("train", "configs/movielens_mf.yaml", "--workers", "4", "--dry-run", "--python-package",
+                  "--data", "gs://test-bucket/data/ml-100k", "--set", "train.epochs=3")
+    assert result.returncode == 0, result.stderr
+    job = aip.CustomJob.from_json(result.stdout)
+    pools = job.job_spec.worker_pool_specs
+    assert [p.replica_count for p in pools] == [1, 3]
+    for pool in pools:
+        assert "container_spec" not in pool
         package = pool.python_package_spec
         assert package.python_module == "trainer.task"
         assert package.executor_image_uri.startswith("us-docker.pkg.dev/vertex-ai/training/tf-")
@@ -81,7 +117,43 @@ def test_train_dry_run_prints_a_custom_job_with_chief_and_worker_pools(aip):
     assert base.startswith("gs://test-bucket/jobs/movielens-mf-")
     assert list(pools[0].python_package_spec.args)[5] == base  # --job-dir = base output dir
     assert "projects/test-project/locations/europe-west4/customJobs" in result.stderr
-    assert "would upload" in result.stderr
+    assert "would upload <sdist of setup.py> -> gs://test-bucket/packages/" in result.stderr
+    assert "is Python 3.10" in result.stderr  # the py310 prebuilt image is named as the problem
+
+
+def test_train_mode_comes_from_the_settings_and_the_flags_win(aip, tmp_path):
+    settings = yaml.safe_load((REPO / "configs" / "cloud.yaml").read_text())
+    assert settings["train_mode"] == "container"  # the mode that installs with the pins
+    settings["train_mode"] = "python_package"
+    path = tmp_path / "cloud.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    base = ["train", "configs/movielens_mf.yaml", "--dry-run", "--cloud-config", str(path)]
+    (pool,) = aip.CustomJob.from_json(_run(*base).stdout).job_spec.worker_pool_specs
+    assert pool.python_package_spec.python_module == "trainer.task" and "container_spec" not in pool
+    other = "us-central1-docker.pkg.dev/test-project/recsys/trainer:v2"
+    (pool,) = aip.CustomJob.from_json(_run(*base, "--container-image", other).stdout).job_spec.worker_pool_specs
+    assert pool.container_spec.image_uri == other and "python_package_spec" not in pool
+    both = _run(*base, "--container-image", other, "--python-package")
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    settings["train_mode"] = "docker"
+    path.write_text(yaml.safe_dump(settings))
+    bad = _run(*base)
+    assert bad.returncode == 2 and "train_mode 'docker'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_missing_container_image_is_named(aip):
+    env = _env(VERTEX_TRAIN_CONTAINER=None)  # configs/cloud.yaml holds the your-project-id placeholder
+    for sub in ("train", "tune"):
+        result = _run(sub, "configs/movielens_mf.yaml", "--dry-run", env=env)
+        assert result.returncode == 2
+        assert "images.train_container (set VERTEX_TRAIN_CONTAINER" in result.stderr
+        assert "build-image" in result.stderr and "Traceback" not in result.stderr
+    flag = _run("train", "configs/movielens_mf.yaml", "--dry-run", "--container-image", IMAGE, env=env)
+    assert flag.returncode == 0, flag.stderr
+    placeholder = _run("train", "configs/movielens_mf.yaml", "--dry-run",
+                       "--container-image", "us-docker.pkg.dev/your-project/r/trainer", env=env)
+    assert placeholder.returncode == 2 and "placeholder" in placeholder.stderr
+    assert _run("train", "configs/movielens_mf.yaml", "--dry-run", "--python-package", env=env).returncode == 0
 
 
 def test_train_single_worker_and_accelerator(aip):
@@ -108,8 +180,16 @@ def test_tune_dry_run_prints_a_tuning_job(aip):
     assert [p.parameter_id for p in job.study_spec.parameters] == [p["id"] for p in study["parameters"]]
     assert job.max_trial_count == study["max_trial_count"]
     assert [p.replica_count for p in job.trial_job_spec.worker_pool_specs] == [1, 1]
-    args = list(job.trial_job_spec.worker_pool_specs[0].python_package_spec.args)
-    assert args[-2:] == ["--hypertune-metric", "rmse"]
+    for pool in job.trial_job_spec.worker_pool_specs:  # container mode, the default
+        assert pool.container_spec.image_uri == IMAGE and "python_package_spec" not in pool
+        args = list(pool.container_spec.args)
+        assert args[:2] == ["--config", f"{job.trial_job_spec.base_output_directory.output_uri_prefix}/config.yaml"]
+        assert args[-2:] == ["--hypertune-metric", "rmse"]
+    assert "hyperparameterTuningJobs" in result.stderr
+    package = _run("tune", "configs/movielens_mf.yaml", "--dry-run", "--python-package")
+    assert package.returncode == 0, package.stderr
+    (pool,) = aip.HyperparameterTuningJob.from_json(package.stdout).trial_job_spec.worker_pool_specs
+    assert list(pool.python_package_spec.args)[-2:] == ["--hypertune-metric", "rmse"]
 
 
 def test_tune_parameter_ids_are_accepted_by_the_trainer():
@@ -208,14 +288,144 @@ def test_missing_project_and_bucket_are_named(sub_args):
     assert "set GCS_BUCKET" in only_bucket.stderr and "GCP_PROJECT" not in only_bucket.stderr
 
 
-def test_missing_gcloud_is_named(tmp_path):
+@pytest.mark.parametrize("sub_args", [["train", "configs/movielens_mf.yaml"], ["build-image", "--tag", IMAGE]])
+def test_missing_gcloud_is_named(tmp_path, sub_args):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "dirname"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
-    result = _run("train", "configs/movielens_mf.yaml", env=_env(PATH=str(bin_dir)))
+    result = _run(*sub_args, env=_env(PATH=str(bin_dir)))
     assert result.returncode == 2
     assert "gcloud is not installed" in result.stderr
+
+
+# --- build-image and the training container ----------------------------------------------------
+
+def test_build_image_dry_run_prints_gcloud_builds_submit():
+    result = _run("build-image", "--tag", "us-central1-docker.pkg.dev/test-project/recsys/trainer:v1", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout.strip())
+    assert argv[:3] == ["gcloud", "builds", "submit"] and argv[-1] == "."
+    flags = dict(zip(argv[3:-1:2], argv[4:-1:2]))
+    assert flags == {
+        "--config": "tools/container/cloudbuild.yaml",
+        "--substitutions": "_IMAGE=us-central1-docker.pkg.dev/test-project/recsys/trainer:v1",
+        "--ignore-file": "tools/container/gcloudignore",
+        "--project": "test-project",
+    }
+    assert (REPO / flags["--config"]).is_file() and (REPO / flags["--ignore-file"]).is_file()
+    # Without --tag: the configured container image (the one train uses).
+    default = _run("build-image", "--dry-run")
+    assert f"--substitutions _IMAGE={IMAGE} " in default.stdout
+    missing = _run("build-image", "--dry-run", env=_env(VERTEX_TRAIN_CONTAINER=None))
+    assert missing.returncode == 2 and "VERTEX_TRAIN_CONTAINER" in missing.stderr and "--tag" in missing.stderr
+    no_project = _run("build-image", "--dry-run", env=_env(GCP_PROJECT=None))
+    assert no_project.returncode == 2 and "set GCP_PROJECT" in no_project.stderr
+    assert "Traceback" not in missing.stderr + no_project.stderr
+
+
+def test_build_image_runs_gcloud_from_the_repo_root(tmp_path):
+    """Without --dry-run the same command runs (a fake gcloud records it; nothing is sent)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "gcloud.txt"
+    fake = bin_dir / "gcloud"
+    fake.write_text(f'#!/bin/sh\n{{ pwd; for a in "$@"; do echo "$a"; done; }} > {shlex.quote(str(record))}\n')
+    fake.chmod(0o755)
+    result = _run("build-image", "--tag", IMAGE, env=_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"))
+    assert result.returncode == 0, result.stderr
+    cwd, *argv = record.read_text().splitlines()
+    assert Path(cwd) == REPO
+    assert argv == ["builds", "submit", "--config", "tools/container/cloudbuild.yaml", "--substitutions",
+                    f"_IMAGE={IMAGE}", "--ignore-file", "tools/container/gcloudignore", "--project", "test-project", "."]
+    assert f"pushed {IMAGE}" in result.stderr
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of tools/container/Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (CONTAINER / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines if line and not line.startswith("#")]
+
+
+def _copy_sources() -> list[str]:
+    sources = []
+    for instruction, rest in _dockerfile():
+        if instruction == "COPY":
+            parts = json.loads(rest) if rest.startswith("[") else [p for p in shlex.split(rest) if not p.startswith("--")]
+            sources += [part.removeprefix("./").rstrip("/") for part in parts[:-1]]
+    return sources
+
+
+def _setup_kwargs(monkeypatch) -> dict:
+    import setuptools
+
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: captured.update(kwargs))
+    monkeypatch.chdir(REPO)
+    runpy.run_path(str(REPO / "setup.py"), run_name="__main__")
+    return captured
+
+
+def test_dockerfile_copies_every_package_of_setup_py(monkeypatch):
+    """A package added to setup.py's find_packages must be copied into the image too."""
+    from packaging.specifiers import SpecifierSet
+
+    setup = _setup_kwargs(monkeypatch)
+    top_level = {name.split(".")[0] for name in setup["packages"]}
+    assert {"beam_pipelines", "trainer", "tools"} <= top_level
+    sources = _copy_sources()
+    if "." not in sources:  # the whole context would hold every package
+        assert top_level <= set(sources), f"not copied into the image: {sorted(top_level - set(sources))}"
+        assert "setup.py" in sources
+    for source in sources:
+        assert (REPO / source).exists(), f"COPY {source}: no such path in the repo"
+    steps = _dockerfile()
+    (base_arg,) = [rest for instruction, rest in steps if instruction == "ARG" and rest.startswith("BASE_IMAGE=")]
+    version = re.fullmatch(r"BASE_IMAGE=python:(\d+\.\d+)[-\w.]*", base_arg).group(1)
+    assert version in SpecifierSet(setup["python_requires"]), f"base image Python {version} vs {setup['python_requires']}"
+    assert ("FROM", "${BASE_IMAGE}") in steps
+    assert any(i == "RUN" and "pip install --no-cache-dir ." in rest for i, rest in steps)
+    assert any(i == "ENV" and "TF_USE_LEGACY_KERAS=1" in rest.split() for i, rest in steps)
+    assert json.loads(dict(steps)["ENTRYPOINT"]) == ["python", "-m", vertex.TRAINER_MODULE]
+
+
+def test_cloudbuild_builds_the_dockerfile_and_pushes_the_image():
+    build = yaml.safe_load((CONTAINER / "cloudbuild.yaml").read_text())
+    (step,) = build["steps"]
+    args = step["args"]
+    assert step["name"] == "gcr.io/cloud-builders/docker" and args[0] == "build" and args[-1] == "."
+    assert args[args.index("-f") + 1] == "tools/container/Dockerfile"
+    assert args[args.index("-t") + 1] == "${_IMAGE}"
+    assert build["images"] == ["${_IMAGE}"] and "_IMAGE" not in build.get("substitutions", {})
+    (base_arg,) = [rest for i, rest in _dockerfile() if i == "ARG" and rest.startswith("BASE_IMAGE=")]
+    assert f"BASE_IMAGE={build['substitutions']['_BASE_IMAGE']}" == base_arg
+
+
+def test_build_upload_is_an_allow_list_of_what_the_dockerfile_copies():
+    patterns = [line.strip() for line in (CONTAINER / "gcloudignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "/*"  # everything at the top level is left out ...
+    for source in _copy_sources():  # ... except what the Dockerfile copies
+        assert f"!/{source}{'/' if (REPO / source).is_dir() else ''}" in patterns, source
+    gcloud = shutil.which("gcloud")
+    if not gcloud:
+        pytest.skip("gcloud is not installed: the upload list itself is not checked")
+    # gcloud's own ignore-file logic, as gcloud builds submit applies it (nothing is sent).
+    sdk_lib = Path(os.path.realpath(gcloud)).parents[1] / "lib"
+    script = (
+        f"import sys; sys.path[:0] = [{str(sdk_lib)!r}, {str(sdk_lib / 'third_party')!r}]\n"
+        "from googlecloudsdk.command_lib.util import gcloudignore\n"
+        "chooser = gcloudignore.GetFileChooserForDir('.', ignore_file='tools/container/gcloudignore', write_on_disk=False)\n"
+        "print('\\n'.join(chooser.GetIncludedFiles('.', include_dirs=False)))\n"
+    )
+    listed = subprocess.run([sys.executable, "-I", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    if listed.returncode != 0:
+        pytest.skip(f"gcloud's gcloudignore module did not load: {listed.stderr.strip().splitlines()[-1:]}")
+    uploaded = set(listed.stdout.split())
+    tracked = subprocess.run(["git", "ls-files", *_copy_sources()], cwd=REPO, capture_output=True, text=True, check=True)
+    assert set(tracked.stdout.split()) <= uploaded
+    assert not [f for f in uploaded if f.split("/")[0] in (".venv", ".git", "runs", "data", "tests") or "__pycache__" in f]
 
 
 def test_missing_credentials_are_named(tmp_path):
@@ -234,12 +444,22 @@ def test_settings_file_and_environment_overrides(tmp_path):
         "images": {"train": "img-train", "serving": "img-serve"},
         "machine_types": {"train": "m-train", "serving": "m-serve", "dataflow": "m-df"},
     }))
-    settings = vertex.load_settings(settings_file, {"GCP_REGION": "asia-east1", "VERTEX_TRAIN_IMAGE": "img-env"})
+    settings = vertex.load_settings(settings_file, {"GCP_REGION": "asia-east1", "VERTEX_TRAIN_IMAGE": "img-env",
+                                                    "VERTEX_TRAIN_CONTAINER": "container-env"})
     assert settings["project"] == "from-file" and settings["region"] == "asia-east1"
     assert settings["bucket"] == "file-bucket" and settings["images"]["train"] == "img-env"
+    assert settings["images"]["train_container"] == "container-env"
+    assert vertex.train_mode(settings) == ("container", "container-env")  # no train_mode: the default
     spec = vertex.custom_job_spec(settings, package_uri="gs://p.tgz", args=["--x"], workers=3, base_output_dir="gs://o")
     assert spec.service_account == "sa@x.iam"
     assert [p.replica_count for p in spec.worker_pool_specs] == [1, 2]
+    spec = vertex.custom_job_spec(settings, container_image="img-c", args=["--x"], workers=2, base_output_dir="gs://o")
+    assert [(p.container_spec.image_uri, list(p.container_spec.args)) for p in spec.worker_pool_specs] == [
+        ("img-c", ["--x"]), ("img-c", ["--x"])]
+    for placeholder in ("", "your-project-id", "us-central1-docker.pkg.dev/your-project-id/recsys/trainer:latest",
+                        "sa@your-project.iam.gserviceaccount.com"):
+        assert vertex.is_placeholder(placeholder), placeholder
+    assert not vertex.is_placeholder("us-central1-docker.pkg.dev/my-project/recsys/trainer:latest")
     command = vertex.dataflow_command(settings, "movielens", "gs://in", "gs://out", job_name="j")
     assert command[command.index("--service_account_email") + 1] == "sa@x.iam"
     assert command[command.index("--machine_type") + 1] == "m-df"

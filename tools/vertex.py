@@ -8,10 +8,17 @@ Dataflow by running the Beam pipeline with ``--runner DataflowRunner``.
 
 Settings come from ``configs/cloud.yaml`` with environment overrides
 (``GCP_PROJECT``, ``GCP_REGION``, ``GCS_BUCKET``, ``GCP_SERVICE_ACCOUNT``,
-``VERTEX_TRAIN_IMAGE``, ``VERTEX_SERVING_IMAGE``).
+``VERTEX_TRAIN_CONTAINER``, ``VERTEX_TRAIN_IMAGE``, ``VERTEX_SERVING_IMAGE``).
+
+Training runs in one of two modes (``train_mode`` in the settings, or ``--container-image`` /
+``--python-package``): ``container`` (default) runs our own image, built from
+``tools/container/Dockerfile`` by ``build-image``, through a ``containerSpec``; ``python_package``
+uploads an sdist and runs it in a Vertex prebuilt training image (``pythonPackageSpec``), which
+only installs where the image's Python matches ``python_requires`` (3.11; Vertex ships 3.10).
 
 Usage (normally through ``./run-cloud.sh``)::
 
+    python -m tools.vertex build-image --tag us-central1-docker.pkg.dev/P/recsys/trainer:latest --dry-run
     python -m tools.vertex train configs/movielens_mf.yaml --data gs://B/data/ml-100k --workers 4 --dry-run
 """
 from __future__ import annotations
@@ -39,15 +46,26 @@ ENV_OVERRIDES = {
     "region": "GCP_REGION",
     "bucket": "GCS_BUCKET",
     "service_account": "GCP_SERVICE_ACCOUNT",
+    "images.train_container": "VERTEX_TRAIN_CONTAINER",
     "images.train": "VERTEX_TRAIN_IMAGE",
     "images.serving": "VERTEX_SERVING_IMAGE",
 }
-PLACEHOLDER = re.compile(r"^(your[-_].*|changeme|todo)?$", re.I)
+# Unset: empty, changeme/todo, or a "your-..." word anywhere in a path or URI
+# ("your-bucket", "us-central1-docker.pkg.dev/your-project-id/recsys/trainer:latest").
+PLACEHOLDER = re.compile(r"^(changeme|todo)?$|(^|[/:.@])your[-_]", re.I)
 TRAINER_MODULE = "trainer.task"
+TRAIN_MODES = ("container", "python_package")
+DEFAULT_TRAIN_MODE = "container"
+CONTAINER_DIR = "tools/container"  # Dockerfile, cloudbuild.yaml, gcloudignore (paths relative to REPO)
+SDIST = "<sdist of setup.py>"  # stands for the archive build_sdist makes at submission time
 
 
 class CloudError(RuntimeError):
     """A setting or prerequisite is missing; the message names what to set."""
+
+
+def is_placeholder(value: Any) -> bool:
+    return value is None or bool(PLACEHOLDER.search(str(value)))
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -80,7 +98,7 @@ def require(settings: Mapping[str, Any], *keys: str) -> None:
         value = settings
         for part in key.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
-        if value is None or PLACEHOLDER.match(str(value)):
+        if is_placeholder(value):
             missing.append(f"{key} (set {ENV_OVERRIDES.get(key, key)} or edit {settings.get('_path', 'configs/cloud.yaml')})")
     if missing:
         raise CloudError("missing Google Cloud setting(s): " + "; ".join(missing))
@@ -129,7 +147,7 @@ def dataflow_command(
     max_workers = (settings.get("dataflow") or {}).get("max_num_workers")
     if max_workers:
         command += ["--max_num_workers", str(max_workers)]
-    if settings.get("service_account") and not PLACEHOLDER.match(str(settings["service_account"])):
+    if settings.get("service_account") and not is_placeholder(str(settings["service_account"])):
         command += ["--service_account_email", str(settings["service_account"])]
     return command + list(extra)
 
@@ -157,12 +175,51 @@ def trainer_args(config_uri: str, data: str, job_dir: str, sets: Sequence[str] =
     return args + list(extra)
 
 
+def train_mode(settings: Mapping[str, Any], container_image: str | None = None,
+               python_package: bool = False) -> tuple[str, str | None]:
+    """``("container", IMAGE_URI)`` or ``("python_package", None)``: the flags win over ``train_mode``."""
+    if container_image and python_package:
+        raise CloudError("--container-image and --python-package exclude each other")
+    if python_package:
+        return "python_package", None
+    if container_image:
+        if is_placeholder(container_image):
+            raise CloudError(f"--container-image {container_image} is a placeholder: give the image pushed by build-image")
+        return "container", container_image
+    mode = str(settings.get("train_mode") or DEFAULT_TRAIN_MODE)
+    if mode not in TRAIN_MODES:
+        raise CloudError(f"train_mode {mode!r} in {settings.get('_path', 'configs/cloud.yaml')} must be one of {', '.join(TRAIN_MODES)}")
+    if mode == "python_package":
+        return mode, None
+    try:
+        require(settings, "images.train_container")
+    except CloudError as error:
+        raise CloudError(
+            f"{error}; build the image with './run-cloud.sh build-image --tag URI' and set it, "
+            "or pass --container-image URI (or --python-package for the prebuilt-image mode)"
+        ) from None
+    return mode, str(settings["images"]["train_container"])
+
+
+def prebuilt_python_warning(image: str) -> str | None:
+    """A warning when a prebuilt image's tag names a Python other than 3.11 (``...py310``)."""
+    match = re.search(r"\.py3(\d+)\b", image)
+    if match and match.group(1) != "11":
+        return (f"warning: {image} is Python 3.{match.group(1)}; the pinned set (tensorflow==2.21.0 ...) needs "
+                "Python 3.11, so the package install will fail there: use the container mode")
+    return None
+
+
 def custom_job_spec(
-    settings: Mapping[str, Any], *, package_uri: str, args: Sequence[str], workers: int, base_output_dir: str,
+    settings: Mapping[str, Any], *, args: Sequence[str], workers: int, base_output_dir: str,
+    package_uri: str | None = None, container_image: str | None = None,
     machine_type: str | None = None, accelerator: str | None = None, accelerator_count: int | None = None,
 ):
-    """Pool 0: the chief (1 replica); pool 1: ``workers - 1`` workers; same package and args.
+    """Pool 0: the chief (1 replica); pool 1: ``workers - 1`` workers; same program and args.
 
+    The program is our container (``container_image``: a ``containerSpec`` whose entry point
+    is ``python -m trainer.task``, see tools/container/Dockerfile) or, without it, the sdist
+    at ``package_uri`` run by the prebuilt image ``images.train`` (``pythonPackageSpec``).
     ``base_output_directory`` makes Vertex set ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR``
     and ``AIP_TENSORBOARD_LOG_DIR`` for the trainer, and ``TF_CONFIG`` names the
     pools ``chief`` and ``worker`` (the layout trainer.distribute expects).
@@ -171,19 +228,24 @@ def custom_job_spec(
 
     if workers < 1:
         raise CloudError("--workers must be >= 1")
-    require(settings, "images.train")
+    if container_image:
+        program = {"container_spec": aip.ContainerSpec(image_uri=container_image, args=list(args))}
+    elif package_uri:
+        require(settings, "images.train")
+        program = {"python_package_spec": aip.PythonPackageSpec(
+            executor_image_uri=settings["images"]["train"], package_uris=[package_uri],
+            python_module=TRAINER_MODULE, args=list(args),
+        )}
+    else:
+        raise CloudError("custom_job_spec needs container_image or package_uri")
     accel = accelerator if accelerator is not None else ((settings.get("accelerator") or {}).get("type") or None)
     count = accelerator_count or int((settings.get("accelerator") or {}).get("count") or 1)
     machine = machine_spec(machine_type or settings["machine_types"]["train"], accel, count)
-    package = aip.PythonPackageSpec(
-        executor_image_uri=settings["images"]["train"], package_uris=[package_uri],
-        python_module=TRAINER_MODULE, args=list(args),
-    )
-    pools = [aip.WorkerPoolSpec(machine_spec=machine, replica_count=1, python_package_spec=package)]
+    pools = [aip.WorkerPoolSpec(machine_spec=machine, replica_count=1, **program)]
     if workers > 1:
-        pools.append(aip.WorkerPoolSpec(machine_spec=machine, replica_count=workers - 1, python_package_spec=package))
+        pools.append(aip.WorkerPoolSpec(machine_spec=machine, replica_count=workers - 1, **program))
     spec = aip.CustomJobSpec(worker_pool_specs=pools, base_output_directory=aip.GcsDestination(output_uri_prefix=base_output_dir))
-    if settings.get("service_account") and not PLACEHOLDER.match(str(settings["service_account"])):
+    if settings.get("service_account") and not is_placeholder(str(settings["service_account"])):
         spec.service_account = settings["service_account"]
     return spec
 
@@ -248,6 +310,38 @@ def tuning_job(settings: Mapping[str, Any], display_name: str, tune: Mapping[str
         max_failed_trial_count=int(tune.get("max_failed_trial_count", 0)),
         trial_job_spec=custom_job_spec(settings, **spec_kwargs),
     )
+
+
+# --- training image (Cloud Build) -------------------------------------------------------------
+
+def image_to_build(settings: Mapping[str, Any], tag: str | None = None) -> str:
+    """``--tag``, else ``images.train_container`` (``$VERTEX_TRAIN_CONTAINER``)."""
+    if tag:
+        if is_placeholder(tag):
+            raise CloudError(f"--tag {tag} is a placeholder: name your Artifact Registry repository")
+        return tag
+    try:
+        require(settings, "images.train_container")
+    except CloudError as error:
+        raise CloudError(f"{error}; or pass --tag URI (e.g. REGION-docker.pkg.dev/PROJECT/REPO/trainer:latest)") from None
+    return str(settings["images"]["train_container"])
+
+
+def build_image_command(settings: Mapping[str, Any], image: str, gcloud: str = "gcloud") -> list[str]:
+    """``gcloud builds submit`` of tools/container (run from the repo root, which is the context).
+
+    ``--ignore-file`` is tools/container/gcloudignore, an allow list of what the Dockerfile
+    copies, so .venv, runs/, data/ and .git are not uploaded.
+    """
+    require(settings, "project")
+    return [
+        gcloud, "builds", "submit",
+        "--config", f"{CONTAINER_DIR}/cloudbuild.yaml",
+        "--substitutions", f"_IMAGE={image}",
+        "--ignore-file", f"{CONTAINER_DIR}/gcloudignore",
+        "--project", str(settings["project"]),
+        ".",
+    ]
 
 
 # --- Vertex AI serving -----------------------------------------------------------------------
@@ -378,6 +472,17 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerator-count", type=int, help="accelerators per replica")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trainer override, repeatable")
     parser.add_argument("--name", help="job display name (default: <config>-<timestamp>)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--container-image", metavar="URI",
+        help="container mode with this image (built by build-image) instead of images.train_container; "
+             "no package is built or uploaded",
+    )
+    mode.add_argument(
+        "--python-package", action="store_true",
+        help="python-package mode: upload an sdist and run it in the prebuilt image images.train "
+             "(only installs where that image's Python is 3.11; Vertex's prebuilt TF images are 3.10)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -391,8 +496,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline_args", nargs="*", help="more pipeline flags after --")
     _common(p)
 
+    p = sub.add_parser(
+        "build-image", help="build the training container with Cloud Build and push it",
+        description="gcloud builds submit --config tools/container/cloudbuild.yaml from the repo root: "
+                    "builds tools/container/Dockerfile and pushes it to the tag.",
+    )
+    p.add_argument("--tag", metavar="URI", help="image to push (default: images.train_container / $VERTEX_TRAIN_CONTAINER)")
+    _common(p)
+
     for name, text in (("train", "submit a Vertex AI CustomJob"), ("tune", "submit a Vertex AI HyperparameterTuningJob")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}. Mode: train_mode in the "
+                           "settings (default container); --container-image / --python-package override it.")
         _training_options(p)
         if name == "tune":
             p.add_argument("--study", default=str(REPO / "configs" / "movielens_mf_tune.yaml"), help="tune spec YAML")
@@ -422,14 +536,15 @@ def _training_request(args, settings):
     require(settings, "project", "region", "bucket")
     if not Path(args.config).exists():
         raise CloudError(f"trainer config {args.config} does not exist")
+    mode, image = train_mode(settings, args.container_image, args.python_package)
     name = _job_name(args)
     job_dir = gcs(settings, "jobs", name)
-    package_uri = gcs(settings, "packages", name, "recsys-pipelines-0.1.0.tar.gz")
+    package_uri = gcs(settings, "packages", name, "recsys-pipelines-0.1.0.tar.gz") if mode == "python_package" else None
     config_uri = f"{job_dir}/config.yaml"
     data = args.data or gcs(settings, "data", Path(args.config).stem)
     spec_kwargs = dict(
-        package_uri=package_uri, args=trainer_args(config_uri, data, job_dir, args.set), workers=args.workers,
-        base_output_dir=job_dir, machine_type=args.machine_type, accelerator=args.accelerator,
+        package_uri=package_uri, container_image=image, args=trainer_args(config_uri, data, job_dir, args.set),
+        workers=args.workers, base_output_dir=job_dir, machine_type=args.machine_type, accelerator=args.accelerator,
         accelerator_count=args.accelerator_count,
     )
     if args.command == "train":
@@ -439,8 +554,10 @@ def _training_request(args, settings):
         if not study_path.exists():
             raise CloudError(f"tune spec {study_path} does not exist")
         request = tuning_job(settings, name, yaml.safe_load(study_path.read_text()) or {}, **spec_kwargs)
-    uploads = [("<sdist of setup.py>", package_uri), (args.config, config_uri)]
-    return request, uploads
+    uploads = [(args.config, config_uri)]
+    if package_uri:
+        uploads.insert(0, (SDIST, package_uri))
+    return request, uploads, (mode, image)
 
 
 def run(args) -> int:
@@ -454,9 +571,27 @@ def run(args) -> int:
         _credentials()
         return subprocess.run(command, cwd=REPO).returncode
 
-    if args.command in ("train", "tune"):
-        request, uploads = _training_request(args, settings)
+    if args.command == "build-image":
+        require(settings, "project")
+        image = image_to_build(settings, args.tag)
         if args.dry_run:
+            print(shlex.join(build_image_command(settings, image)))
+            return 0
+        subprocess.run(build_image_command(settings, image, gcloud=_gcloud()), cwd=REPO, check=True)
+        _info(f"pushed {image}; train with it: set images.train_container (or VERTEX_TRAIN_CONTAINER), "
+              "or pass --container-image")
+        return 0
+
+    if args.command in ("train", "tune"):
+        request, uploads, (mode, image) = _training_request(args, settings)
+        warning = prebuilt_python_warning(settings["images"]["train"]) if mode == "python_package" else None
+        if warning:
+            _info(warning)
+        if args.dry_run:
+            if mode == "container":
+                _info(f"container mode: image {image} (built by ./run-cloud.sh build-image; no package upload)")
+            else:
+                _info(f"python-package mode: sdist run by the prebuilt image {settings['images']['train']}")
             for local, remote in uploads:
                 _info(f"would upload {local} -> {remote}")
             _info(f"would POST {parent(settings)}/{'customJobs' if args.command == 'train' else 'hyperparameterTuningJobs'}")
@@ -466,9 +601,12 @@ def run(args) -> int:
         credentials = _credentials()
         from google.cloud import aiplatform_v1 as aip
 
-        with tempfile.TemporaryDirectory() as dist:
-            _upload(build_sdist(dist), uploads[0][1])
-        _upload(args.config, uploads[1][1])
+        for local, remote in uploads:
+            if local == SDIST:
+                with tempfile.TemporaryDirectory() as dist:
+                    _upload(build_sdist(dist), remote)
+            else:
+                _upload(local, remote)
         client = aip.JobServiceClient(credentials=credentials, client_options=_client_options(settings))
         if args.command == "train":
             created = client.create_custom_job(parent=parent(settings), custom_job=request)

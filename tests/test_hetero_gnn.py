@@ -1,9 +1,10 @@
-"""Hetero GNN: metrics by hand, config errors, a short fit + SavedModel round trip, real-data smoke."""
+"""Hetero GNN: metrics by hand, config errors, a short fit + SavedModel round trip, trainer.task, real-data smoke."""
 from __future__ import annotations
 
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from tests.conftest import shared_file
 from trainer import classification_metrics, gnn_task
 from trainer.config import ConfigError
+
+GNN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "lastfm_hetero_gnn.yaml")
 
 
 def test_classification_report_by_hand():
@@ -31,6 +34,29 @@ def test_unknown_config_keys_are_errors():
         gnn_task.resolve_config(None, ["hparams.edge_sets=follows+knows"])
     cfg = gnn_task.resolve_config(None, ["train.epochs=2", "hparams.conv=gatv2"])
     assert cfg["train"]["epochs"] == 2 and cfg["hparams"]["conv"] == "gatv2"
+
+
+def test_yaml_is_the_defaults_with_use_ids_off_and_other_models_are_refused():
+    assert gnn_task.resolve_config(GNN_YAML, []) == gnn_task.resolve_config(None, ["hparams.use_ids=false"])
+    assert gnn_task.requested_model(GNN_YAML, []) == "hetero_gnn"
+    assert gnn_task.requested_model(GNN_YAML, ["model=mf"]) == "mf"
+    with pytest.raises(ConfigError, match="trains hetero_gnn only"):
+        gnn_task.resolve_config(None, ["model=mf"])
+
+
+def test_trainer_task_config_errors_are_one_line(tmp_path, capsys):
+    from trainer import task
+
+    common = ["--config", GNN_YAML, "--job-dir", str(tmp_path / "job")]
+    for extra, message in (
+        (["--data", str(tmp_path), "--set", "hparams.hiden_dim=3"], "unknown key(s) hparams.hiden_dim; valid hparams keys:"),
+        (["--data", str(tmp_path), "--set", "hparams.conv=gcn"], "hparams: conv must be 'simple' or 'gatv2'"),
+        (["--data", str(tmp_path), "--hypertune-metric", "rmse"], "hypertune metric 'rmse' is not a hetero_gnn valid metric"),
+        (["--data", str(tmp_path / "nowhere")], "dataset.json does not exist"),
+    ):
+        assert task.main([*common, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("trainer: error: ") and message in err and "\n" not in err, err
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +93,26 @@ def test_short_fit_learns_and_exports(tiny_data, conv):
     assert probabilities.shape == (2, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert out["root_id"].numpy()[0] == b"0"
     assert gnn_predict.main(["--job-dir", job, "--data", data, "--user-id", "0"]) == 0
+
+
+def test_trainer_task_runs_the_gnn_yaml(tiny_data, tmp_path, capsys, monkeypatch):
+    from trainer import task
+
+    job = tmp_path / "job"
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(tmp_path / "hp.metrics"))
+    code = task.main(["--config", GNN_YAML, "--data", str(tiny_data / "out"), "--job-dir", str(job),
+                      "--set", "train.epochs=6", "--set", "train.batch_size=32", "--hypertune-metric", "accuracy"])
+    assert code == 0
+    assert "trainer: hetero_gnn test accuracy" in capsys.readouterr().out
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["model"] == "hetero_gnn" and metrics["config"]["hparams"]["use_ids"] is False
+    assert metrics["replicas"] == 1 and metrics["steps_per_epoch"] == 8  # 240 train examples / 32
+    assert metrics["test"]["accuracy"] > 0.6  # chance is ~0.45
+    assert (job / "export" / "saved_model.pb").exists()
+    # Vertex tuning gets a valid metric, never a test one.
+    (record,) = [json.loads(line) for line in (tmp_path / "hp.metrics").read_text().splitlines()]
+    assert float(record["accuracy"]) == pytest.approx(metrics["valid"]["accuracy"])
+    assert int(record["global_step"]) == metrics["selection"]["epochs_run"] * 8
 
 
 @pytest.mark.real_data

@@ -2,6 +2,10 @@
 
 ``python -m trainer.gnn_task --data OUT --job-dir JOB [--config YAML] [--set key=value ...]``
 
+is the same as ``python -m trainer.task --config configs/lastfm_hetero_gnn.yaml ...``
+(``trainer.task`` hands every config whose ``model`` is ``hetero_gnn`` to ``run``
+here, and adds ``--local-workers N``).
+
 Owns the GNN fit loop: config layering (defaults -> YAML -> ``--set``; unknown
 keys are errors, via ``trainer.config``'s helpers), tf.data input from the
 sharded GraphTensor examples parsed with the pipeline's ``graph_schema.pbtxt``
@@ -9,6 +13,15 @@ sharded GraphTensor examples parsed with the pipeline's ``graph_schema.pbtxt``
 sees the graph), the strategy from ``TF_CONFIG`` (``trainer.distribute``), the
 fit with the epoch chosen on *valid* accuracy only, test evaluation,
 ``metrics.json``, plots and the SavedModel export (lead worker only).
+
+Several workers (MultiWorkerMirroredStrategy): each worker reads every shard and
+keeps every N-th example (so any shard count works), the train and valid inputs
+repeat and every epoch is ``ceil(examples / global batch)`` steps on every worker
+(global batch = ``train.batch_size`` per replica x replicas). The per-epoch
+``val_accuracy`` that picks the epoch is then computed over all workers with a
+few examples counted twice; the reported valid and test metrics are computed by
+the lead after fit, over every example exactly once. Every worker saves the
+model (saving runs collectives), non-leads into a temporary directory they delete.
 """
 from __future__ import annotations
 
@@ -16,8 +29,11 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -25,6 +41,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from trainer import config as config_lib  # noqa: E402  (after the Keras switch)
 
+MODEL = "hetero_gnn"  # the config's ``model`` (trainer.task routes it here)
 LABEL = "label"
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 40,
@@ -36,15 +53,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def resolve_config(yaml_path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
-    """``{"train": {...}, "hparams": {...}}`` from defaults, YAML and ``--set``.
-
-    Raises:
-      config_lib.ConfigError: unknown sections or keys, or invalid values.
-    """
+def _config_layers(yaml_path: str | None, overrides: Sequence[str]) -> list[dict[str, Any]]:
+    """The YAML mapping (if any) then the ``--set`` overrides, as nested dicts."""
     import yaml
-
-    from trainer.models import hetero_gnn
 
     layers = []
     if yaml_path:
@@ -53,16 +64,52 @@ def resolve_config(yaml_path: str | None, overrides: Sequence[str]) -> dict[str,
         if not tf.io.gfile.exists(yaml_path):
             raise config_lib.ConfigError(f"config file {yaml_path} does not exist")
         with tf.io.gfile.GFile(yaml_path) as handle:
-            layers.append(yaml.safe_load(handle) or {})
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise config_lib.ConfigError(f"{yaml_path} must hold a mapping with sections model/train/hparams")
+        layers.append(loaded)
     layers.append(config_lib.parse_overrides(overrides))
+    return layers
+
+
+def requested_model(yaml_path: str | None, overrides: Sequence[str]) -> str | None:
+    """The ``model`` a config names (``--set model=...`` wins over the YAML), or None.
+
+    Raises:
+      config_lib.ConfigError: a missing or malformed YAML, or a malformed override.
+    """
+    model = None
+    for layer in _config_layers(yaml_path, overrides):
+        model = layer.get("model", model)
+    return model
+
+
+def resolve_config(yaml_path: str | None, overrides: Sequence[str]) -> dict[str, Any]:
+    """``{"model": "hetero_gnn", "train": {...}, "hparams": {...}}`` from defaults, YAML and ``--set``.
+
+    Raises:
+      config_lib.ConfigError: unknown sections or keys, another model, or invalid values.
+    """
+    from trainer.models import hetero_gnn
+
+    layers = _config_layers(yaml_path, overrides)
     defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(hetero_gnn.Config()).items()}
-    resolved = {"train": copy.deepcopy(TRAIN_DEFAULTS), "hparams": defaults}
+    resolved = {"model": MODEL, "train": copy.deepcopy(TRAIN_DEFAULTS), "hparams": defaults}
+    model = MODEL
     for layer in layers:
         unknown = sorted(set(layer) - set(resolved))
         if unknown:
-            raise config_lib.ConfigError(f"unknown section(s) {', '.join(unknown)}; valid: hparams, train")
-        for section in resolved:
-            config_lib._merge_section(resolved[section], layer.get(section) or {}, section)  # noqa: SLF001
+            raise config_lib.ConfigError(f"unknown section(s) {', '.join(unknown)}; valid: hparams, model, train")
+        model = layer.get("model", model)
+    if model != MODEL:
+        raise config_lib.ConfigError(f"model {model!r}: trainer.gnn_task trains {MODEL} only "
+                                     "(the MovieLens models run with trainer.task)")
+    for layer in layers:
+        for section in ("train", "hparams"):
+            update = layer.get(section) or {}
+            if not isinstance(update, dict):
+                raise config_lib.ConfigError(f"section {section} must be a mapping")
+            config_lib._merge_section(resolved[section], update, section)  # noqa: SLF001
     try:
         hetero_gnn.config_from_dict(resolved["hparams"])
     except (TypeError, ValueError) as error:
@@ -91,6 +138,24 @@ def serving_schema(schema):
     return reduced
 
 
+def graph_spec(schema):
+    """The ``GraphTensorSpec`` of one example, with node sets and edge sets in sorted order.
+
+    The schema's protobuf maps iterate in a different order in every process (upb), and
+    the model creates its variables in node-set order: unsorted, two workers of one job
+    create them in different orders (MultiWorkerMirroredStrategy then fails with a
+    collective shape mismatch) and two single-process runs initialize differently.
+    """
+    import tensorflow_gnn as tfgnn
+
+    spec = tfgnn.create_graph_spec_from_schema_pb(schema)
+    return tfgnn.GraphTensorSpec.from_piece_specs(
+        context_spec=spec.context_spec,
+        node_sets_spec={name: spec.node_sets_spec[name] for name in sorted(spec.node_sets_spec)},
+        edge_sets_spec={name: spec.edge_sets_spec[name] for name in sorted(spec.edge_sets_spec)},
+    )
+
+
 def split_files(data: str, split: str) -> list[str]:
     import tensorflow as tf
 
@@ -100,18 +165,29 @@ def split_files(data: str, split: str) -> list[str]:
     return files
 
 
-def make_dataset(data: str, split: str, schema, batch_size: int, *, shuffle: bool, seed: int, shuffle_buffer: int = 20_000):
-    """Batched ``(GraphTensor without label, label)`` pairs of one split."""
+def make_dataset(data: str, split: str, schema, batch_size: int, *, shuffle: bool, seed: int, shuffle_buffer: int = 20_000,
+                 repeat: bool = False, num_shards: int = 1, shard_index: int = 0):
+    """Batched ``(GraphTensor without label, label)`` pairs of one split.
+
+    ``num_shards`` / ``shard_index``: keep every ``num_shards``-th example, from
+    ``shard_index`` (one disjoint part per worker, whatever the number of files).
+    ``repeat``: endless, for a fit with a fixed number of steps per epoch.
+    """
     import tensorflow as tf
     import tensorflow_gnn as tfgnn
     from tensorflow_gnn import runner
 
-    spec = tfgnn.create_graph_spec_from_schema_pb(schema)
+    spec = graph_spec(schema)
     label_fn = runner.ContextLabelFn(LABEL)
     files = split_files(data, split)
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").cache()
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if num_shards > 1:
+        dataset = dataset.shard(num_shards, shard_index)
+    dataset = dataset.cache()
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
     dataset = dataset.batch(batch_size).map(lambda s: tfgnn.parse_example(spec, s), num_parallel_calls=tf.data.AUTOTUNE)
 
     def split_label(graph):
@@ -119,6 +195,18 @@ def make_dataset(data: str, split: str, schema, batch_size: int, *, shuffle: boo
         return graph, tf.reshape(label, [-1])  # context field [batch, 1] -> [batch]
 
     return dataset.map(split_label).prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_dataset(strategy, data: str, split: str, schema, per_replica_batch: int, *, shuffle: bool, seed: int,
+                        shuffle_buffer: int = 20_000):
+    """A repeated dataset for ``fit`` under several workers: one disjoint part of the split per input pipeline."""
+
+    def dataset_fn(context):
+        return make_dataset(data, split, schema, per_replica_batch, shuffle=shuffle, seed=seed,
+                            shuffle_buffer=shuffle_buffer, repeat=True,
+                            num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 # --------------------------------------------------------------------------- export
@@ -130,7 +218,7 @@ def export_model(model, schema, export_dir: str) -> None:
     import tensorflow as tf
     import tensorflow_gnn as tfgnn
 
-    spec = tfgnn.create_graph_spec_from_schema_pb(serving_schema(schema))
+    spec = graph_spec(serving_schema(schema))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve(examples):
@@ -146,8 +234,15 @@ def export_model(model, schema, export_dir: str) -> None:
 
 
 # --------------------------------------------------------------------------- run
+VALID_BATCH = 1024
+
+
 def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Fits, evaluates on test, writes metrics.json, plots and the export. Returns the metrics."""
+    """Fits, evaluates on test, writes metrics.json, plots and the export. Returns the metrics.
+
+    Under several workers every worker must call this; only the lead evaluates and
+    writes (the others return the metrics without ``valid`` / ``test`` and ``lead`` False).
+    """
     import numpy as np
     import tensorflow as tf
     import yaml
@@ -161,17 +256,37 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     train_cfg = cfg["train"]
     model_cfg = hetero_gnn.config_from_dict(cfg["hparams"])
     tf.keras.utils.set_random_seed(int(train_cfg["seed"]))
-    with tf.io.gfile.GFile(os.path.join(data, "dataset.json")) as handle:
+    dataset_json = os.path.join(data, "dataset.json")
+    if not tf.io.gfile.exists(dataset_json):
+        raise FileNotFoundError(f"{dataset_json} does not exist (write --data with python -m beam_pipelines.lastfm)")
+    with tf.io.gfile.GFile(dataset_json) as handle:
         dataset_info = json.load(handle)
     num_classes = int(dataset_info["num_classes"])
+    examples = dataset_info["counts"]["examples"]
     schema = read_schema(data)
-    global_batch = int(train_cfg["batch_size"]) * strategy.num_replicas_in_sync
+    replicas = strategy.num_replicas_in_sync
+    global_batch = int(train_cfg["batch_size"]) * replicas
+    steps_per_epoch = max(1, math.ceil(int(examples["train"]) / global_batch))  # one pass over train
 
     train = make_dataset(data, "train", schema, global_batch, shuffle=True, seed=int(train_cfg["seed"]),
                          shuffle_buffer=int(train_cfg["shuffle_buffer"]))
-    valid = make_dataset(data, "valid", schema, 1024, shuffle=False, seed=0)
-    test = make_dataset(data, "test", schema, 1024, shuffle=False, seed=0)
+    valid = make_dataset(data, "valid", schema, VALID_BATCH, shuffle=False, seed=0)
+    test = make_dataset(data, "test", schema, VALID_BATCH, shuffle=False, seed=0)
     graph_spec = train.element_spec[0]
+    if info.is_distributed:
+        # Every worker must run the same number of steps: repeated inputs, fixed step counts.
+        fit_inputs = {
+            "x": distributed_dataset(strategy, data, "train", schema, int(train_cfg["batch_size"]), shuffle=True,
+                                     seed=int(train_cfg["seed"]), shuffle_buffer=int(train_cfg["shuffle_buffer"])),
+            "steps_per_epoch": steps_per_epoch,
+        }
+        valid_batch = min(VALID_BATCH, max(1, math.ceil(int(examples["valid"]) / replicas)))  # per replica
+        fit_inputs["validation_data"] = distributed_dataset(strategy, data, "valid", schema, valid_batch,
+                                                            shuffle=False, seed=0)
+        fit_inputs["validation_steps"] = max(1, math.ceil(int(examples["valid"]) / (valid_batch * replicas)))
+    else:
+        # One process: plain one-pass datasets, each epoch ends where the data does.
+        fit_inputs = {"x": train, "validation_data": valid}
     with strategy.scope():
         model = hetero_gnn.build_model(model_cfg, graph_spec, num_classes)
         model.compile(
@@ -184,9 +299,30 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
         monitor="val_accuracy", mode="max", patience=int(train_cfg["patience"]), restore_best_weights=True
     )
     fit_started = time.time()
-    history = model.fit(train, validation_data=valid, epochs=int(train_cfg["epochs"]), callbacks=[stop], verbose=2)
+    history = model.fit(**fit_inputs, epochs=int(train_cfg["epochs"]), callbacks=[stop],
+                        verbose=2 if info.is_lead else 0)
     fit_seconds = time.time() - fit_started
     best_epoch = int(np.argmax(history.history["val_accuracy"])) + 1
+
+    # Every worker saves (saving runs collectives); only the lead's copy is kept.
+    export_dir = os.path.join(job_dir, "export") if info.is_lead else tempfile.mkdtemp(prefix="export-worker-")
+    export_model(model, schema, export_dir)
+    metrics = {
+        "model": MODEL,
+        "selection": {"rule": "best epoch by valid accuracy (EarlyStopping, restore_best_weights)",
+                      "best_epoch": best_epoch, "epochs_run": len(history.history["loss"])},
+        "config": cfg,
+        "examples": examples,
+        "replicas": replicas,
+        "global_batch_size": global_batch,
+        "steps_per_epoch": steps_per_epoch,
+        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        "timings": {"fit_seconds": round(fit_seconds, 2), "total_seconds": round(time.time() - started, 2)},
+        "lead": info.is_lead,
+    }
+    if not info.is_lead:
+        shutil.rmtree(export_dir, ignore_errors=True)
+        return metrics
 
     def predict(dataset):
         labels, predictions = [], []
@@ -195,35 +331,38 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
             labels.append(label.numpy())
         return np.concatenate(labels), np.concatenate(predictions)
 
+    # Exact: the one-pass datasets, every example once.
     valid_report = classification_metrics.classification_report(*predict(valid), num_classes)
     test_labels, test_predictions = predict(test)
     test_report = classification_metrics.classification_report(test_labels, test_predictions, num_classes)
-    metrics = {
-        "model": "hetero_gnn",
-        "test": {k: v for k, v in test_report.items()},
-        "valid": {"accuracy": valid_report["accuracy"], "macro_f1": valid_report["macro_f1"]},
-        "selection": {"rule": "best epoch by valid accuracy (EarlyStopping, restore_best_weights)",
-                      "best_epoch": best_epoch, "epochs_run": len(history.history["loss"])},
-        "config": cfg,
-        "examples": dataset_info["counts"]["examples"],
-        "timings": {"fit_seconds": round(fit_seconds, 2), "total_seconds": round(time.time() - started, 2)},
-    }
-    if info.is_lead:
-        tf.io.gfile.makedirs(os.path.join(job_dir, "plots"))
-        export_model(model, schema, os.path.join(job_dir, "export"))
-        metrics["timings"]["total_seconds"] = round(time.time() - started, 2)
-        with tf.io.gfile.GFile(os.path.join(job_dir, "metrics.json"), "w") as handle:
-            handle.write(json.dumps(metrics, indent=2) + "\n")
-        with tf.io.gfile.GFile(os.path.join(job_dir, "config.resolved.yaml"), "w") as handle:
-            handle.write(yaml.safe_dump(cfg, sort_keys=False))
-        names = [str(c) for c in range(num_classes)]
-        plots.confusion_matrix(test_report["confusion_matrix"], names, os.path.join(job_dir, "plots", "confusion_matrix.png"),
-                               f"LastFM test confusion (acc {test_report['accuracy']:.3f}, macro-F1 {test_report['macro_f1']:.3f})")
-        plots.label_distribution(_label_counts(data, schema, num_classes), os.path.join(job_dir, "plots", "label_distribution.png"),
-                                 "LastFM users per class and split")
-        plots.loss_curves({k: v for k, v in history.history.items()}, os.path.join(job_dir, "plots", "loss.png"),
-                          f"hetero GNN (best epoch {best_epoch} on valid)")
+    metrics["test"] = {k: v for k, v in test_report.items()}
+    metrics["valid"] = {"accuracy": valid_report["accuracy"], "macro_f1": valid_report["macro_f1"]}
+    tf.io.gfile.makedirs(os.path.join(job_dir, "plots"))
+    metrics["timings"]["total_seconds"] = round(time.time() - started, 2)
+    with tf.io.gfile.GFile(os.path.join(job_dir, "metrics.json"), "w") as handle:
+        handle.write(json.dumps(metrics, indent=2) + "\n")
+    with tf.io.gfile.GFile(os.path.join(job_dir, "config.resolved.yaml"), "w") as handle:
+        handle.write(yaml.safe_dump(cfg, sort_keys=False))
+    names = [str(c) for c in range(num_classes)]
+    plots.confusion_matrix(test_report["confusion_matrix"], names, os.path.join(job_dir, "plots", "confusion_matrix.png"),
+                           f"LastFM test confusion (acc {test_report['accuracy']:.3f}, macro-F1 {test_report['macro_f1']:.3f})")
+    plots.label_distribution(_label_counts(data, schema, num_classes), os.path.join(job_dir, "plots", "label_distribution.png"),
+                             "LastFM users per class and split")
+    plots.loss_curves({k: v for k, v in history.history.items()}, os.path.join(job_dir, "plots", "loss.png"),
+                      f"hetero GNN (best epoch {best_epoch} on valid)")
     return metrics
+
+
+def summary_line(metrics: dict[str, Any], job_dir: str) -> str:
+    """One line for the console: the lead's test/valid results, or what a non-lead worker did."""
+    selection = metrics["selection"]
+    if not metrics.get("lead", True):
+        return (f"fit done ({selection['epochs_run']} epochs, best {selection['best_epoch']}); "
+                f"not lead: metrics, plots and export are written by the lead")
+    test = metrics["test"]
+    return (f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
+            f"(valid {metrics['valid']['accuracy']:.4f}); best epoch {selection['best_epoch']}; "
+            f"{metrics['timings']['total_seconds']} s; outputs in {job_dir}")
 
 
 def _label_counts(data: str, schema, num_classes: int) -> dict[str, list[int]]:
@@ -249,10 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gnn_task: config error: {error}", file=sys.stderr)
         return 2
     metrics = run(args.data, args.job_dir, cfg)
-    test = metrics["test"]
-    print(f"gnn_task: test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} "
-          f"(valid {metrics['valid']['accuracy']:.4f}); best epoch {metrics['selection']['best_epoch']}; "
-          f"{metrics['timings']['total_seconds']} s; outputs in {args.job_dir}")
+    print(f"gnn_task: {summary_line(metrics, args.job_dir)}")
     return 0
 
 

@@ -7,6 +7,13 @@ Usage::
 
     python -m trainer.task --local-workers 2 ...    # 1 chief + 1 worker on 127.0.0.1 (tools.launch_local)
 
+    python -m trainer.task --config configs/lastfm_hetero_gnn.yaml --data LASTFM_OUT --job-dir JOB
+
+A config whose ``model`` is ``hetero_gnn`` (LastFM graphs) is trained by
+``trainer.gnn_task`` (its own config defaults and outputs), under the same
+strategy selection; ``--hypertune-metric`` then reports a *valid* metric
+(``accuracy`` or ``macro_f1``), never a test one.
+
 Vertex AI tuning trials append ``--hparams.KEY=VALUE`` / ``--train.KEY=VALUE``
 (same as ``--set``); ``--hypertune-metric rmse`` (or ``$CLOUD_ML_HP_METRIC_TAG``)
 reports the final eval metric to ``$CLOUD_ML_HP_METRIC_FILE`` (cloudml-hypertune format).
@@ -106,6 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return launch_local.launch(_strip_local_workers(raw), args.local_workers)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from trainer import config as config_lib
+    from trainer import gnn_task
+
+    try:
+        if gnn_task.requested_model(args.config, args.set) == gnn_task.MODEL:
+            return _run_gnn(args)
+    except config_lib.ConfigError as error:
+        print(f"trainer: error: {error}", file=sys.stderr)
+        return 2
     from trainer import data, experiment
 
     try:
@@ -130,6 +145,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"trainer: {result['model']} eval: {evaluation or 'no eval rows'}")
     print(f"trainer: train {result['timings']['train_seconds']:.1f} s "
           f"({result['timings']['train_examples_per_second']:.0f} examples/s); export: {result['export_dir'] or '(not lead)'}")
+    return 0
+
+
+def _run_gnn(args: argparse.Namespace) -> int:
+    """The LastFM heterogeneous GNN: ``trainer.gnn_task`` with this command's flags.
+
+    Raises:
+      trainer.config.ConfigError: an invalid config (``main`` prints it as one line).
+    """
+    from trainer import distribute, gnn_task
+
+    cfg = gnn_task.resolve_config(args.config, args.set)
+    tag = args.hypertune_metric or os.environ.get("CLOUD_ML_HP_METRIC_TAG")
+    if tag and tag not in ("accuracy", "macro_f1"):
+        print(f"trainer: error: hypertune metric {tag!r} is not a {gnn_task.MODEL} valid metric "
+              "(have: accuracy, macro_f1)", file=sys.stderr)
+        return 2
+    try:
+        metrics = gnn_task.run(args.data, args.job_dir, cfg)
+    except FileNotFoundError as error:  # no shards / dataset.json under --data
+        print(f"trainer: error: {error}", file=sys.stderr)
+        return 2
+    if tag and distribute.task_info().is_lead:
+        steps = metrics["selection"]["epochs_run"] * int(metrics["steps_per_epoch"])
+        path = report_hypertune_metric(tag, float(metrics["valid"][tag]), steps)
+        print(f"trainer: reported valid {tag}={metrics['valid'][tag]:.4f} for hyperparameter tuning to {path}")
+    print(f"trainer: {gnn_task.MODEL} {gnn_task.summary_line(metrics, args.job_dir)}")
     return 0
 
 

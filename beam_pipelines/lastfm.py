@@ -513,7 +513,7 @@ class _SampleAndEncode(beam.DoFn):
             user, label, subgraph, train_labels if self._label_hints else None, self._num_classes
         )
         common.counter(f"{split}_examples").inc()
-        yield split, example.SerializeToString()
+        yield split, example.SerializeToString(deterministic=True)  # map order fixed: same bytes, same shards
 
 
 class SampleSubgraphs(beam.PTransform):

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import time
 
 import pytest
 
-from tests.test_multiworker import PYTHON, REPO, Output, _env, module_processes  # noqa: F401  (a fixture)
+from tests.test_multiworker import REPO, _env, module_processes, run_module  # noqa: F401  (a fixture)
 
 EPOCHS = 6
 # Equal global batch: 64 = 32 per replica x 2 workers = 64 x 1 process (25 steps per epoch).
@@ -41,15 +40,7 @@ def lastfm_data(tmp_path_factory):
 
 
 def _trainer(processes, args, tmp, timeout):
-    process = processes.start([PYTHON, "-m", "trainer.task", *args], env=_env(tmp),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = Output(process)
-    try:
-        code = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"trainer.task still running after {timeout} s:\n{out.text[-4000:]}")
-    out.thread.join(timeout=10)
-    return code, out.text
+    return run_module(processes, "trainer.task", args, _env(tmp), timeout)
 
 
 @pytest.fixture(scope="module")

@@ -105,16 +105,21 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _run_launcher(processes, args, env, timeout):
-    process = processes.start([PYTHON, "-m", "tools.launch_local", *args], env=env,
+def run_module(processes, module: str, args, env, timeout):
+    """Runs ``python -m module args`` to the end; (exit code, combined output). Fails the test on timeout."""
+    process = processes.start([PYTHON, "-m", module, *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = Output(process)
     try:
         code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"launcher still running after {timeout} s:\n{out.text[-4000:]}")
+        raise AssertionError(f"{module} still running after {timeout} s:\n{out.text[-4000:]}")
     out.thread.join(timeout=10)
     return code, out.text
+
+
+def _run_launcher(processes, args, env, timeout):
+    return run_module(processes, "tools.launch_local", args, env, timeout)
 
 
 # --- the launcher itself, with stand-in tasks (no TensorFlow) -------------------------------

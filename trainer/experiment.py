@@ -234,45 +234,51 @@ def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping
     train_seconds = time.time() - fit_started
     epochs_run = len(history.history.get("loss", []))
 
+    evaluation, kept, timings = _evaluate_and_export(model, spec, info, paths, task, train_items,
+                                                     int(train["eval_batch_size"]))
+    result = _result(config, spec, data_dir, info, evaluation, history.history, kept, started, train_seconds, {
+        **timings,
+        "train_examples_per_second": round(epochs_run * steps * global_batch / max(train_seconds, 1e-9), 1),
+        "epoch_seconds": [round(x, 3) for x in epoch_timer.seconds],
+        "epoch_examples_per_second": [round(steps * global_batch / max(x, 1e-9), 1) for x in epoch_timer.seconds],
+    }, replicas=replicas, global_batch_size=global_batch, steps_per_epoch=steps)
+    _write_results(result, config, data_dir, paths, task)
+    return result
+
+
+def _evaluate_and_export(model, spec, info: data.DataInfo, paths: JobPaths, task, train_items, eval_batch_size: int):
+    """Exact evaluation (rating or ranking protocol) and the SavedModel: (metrics, kept export dir, timings)."""
     eval_started = time.time()
     if not info.eval_rows:
         evaluation = {}
-    elif is_ranking:
-        evaluation = evaluate_ranking(model, train_items, info, int(train["eval_batch_size"]))
+    elif spec.kind == "ranking":
+        evaluation = evaluate_ranking(model, train_items, info, eval_batch_size)
     else:
-        evaluation = evaluate_ratings(model, info, int(train["eval_batch_size"]))
+        evaluation = evaluate_ratings(model, info, eval_batch_size)
     eval_seconds = time.time() - eval_started
-
     export_started = time.time()
-    if is_ranking:
+    if spec.kind == "ranking":
         kept = export.export_ranking_model(model, info, train_items, paths.export, task.is_lead)
     else:
         kept = export.export_rating_model(model, info, paths.export, task.is_lead)
-    export_seconds = time.time() - export_started
+    return evaluation, kept, {"eval_seconds": round(eval_seconds, 3), "export_seconds": round(time.time() - export_started, 3)}
 
-    result = {
+
+def _result(config, spec, data_dir: str, info: data.DataInfo, evaluation, history: Mapping[str, Any], kept,
+            started: float, train_seconds: float, timings: Mapping[str, Any], **extra) -> dict[str, Any]:
+    """The ``metrics.json`` payload."""
+    return {
         "model": config["model"],
         "kind": spec.kind,
         "data": data_dir,
         "split": info.summary.get("split"),
         "eval": evaluation,
-        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
-        "timings": {
-            "train_seconds": round(train_seconds, 3),
-            "eval_seconds": round(eval_seconds, 3),
-            "export_seconds": round(export_seconds, 3),
-            "total_seconds": round(time.time() - started, 3),
-            "train_examples_per_second": round(epochs_run * steps * global_batch / max(train_seconds, 1e-9), 1),
-            "epoch_seconds": [round(x, 3) for x in epoch_timer.seconds],
-            "epoch_examples_per_second": [round(steps * global_batch / max(x, 1e-9), 1) for x in epoch_timer.seconds],
-        },
-        "replicas": replicas,
-        "global_batch_size": global_batch,
-        "steps_per_epoch": steps,
+        "history": {k: [float(v) for v in values] for k, values in history.items()},
+        "timings": {"train_seconds": round(train_seconds, 3), **timings,
+                    "total_seconds": round(time.time() - started, 3)},
+        **extra,
         "export_dir": kept,
     }
-    _write_results(result, config, data_dir, paths, task)
-    return result
 
 
 def _write_results(result: dict[str, Any], config: Mapping[str, Any], data_dir: str, paths: JobPaths, task,
@@ -306,29 +312,12 @@ def _run_own_fit(config, spec, model_config, info: data.DataInfo, data_dir: str,
     fit_started = time.time()
     history = spec.fit(model, model_config, info, on_sweep)
     train_seconds = time.time() - fit_started
-    eval_started = time.time()
-    evaluation = evaluate_ratings(model, info, int(config["train"]["eval_batch_size"])) if info.eval_rows else {}
-    eval_seconds = time.time() - eval_started
-    export_started = time.time()
-    kept = export.export_rating_model(model, info, paths.export, task.is_lead)
-    export_seconds = time.time() - export_started
-    result = {
-        "model": config["model"],
-        "kind": spec.kind,
-        "data": data_dir,
-        "split": info.summary.get("split"),
-        "eval": evaluation,
-        "history": {k: [float(v) for v in values] for k, values in history.items()},
-        "timings": {
-            "train_seconds": round(train_seconds, 3),
-            "eval_seconds": round(eval_seconds, 3),
-            "export_seconds": round(export_seconds, 3),
-            "total_seconds": round(time.time() - started, 3),
-            "train_examples_per_second": round(len(sweep_seconds) * info.train_rows / max(train_seconds, 1e-9), 1),
-            "sweep_seconds": [round(x, 3) for x in sweep_seconds],
-        },
-        "replicas": 1,
-        "export_dir": kept,
-    }
+    evaluation, kept, timings = _evaluate_and_export(model, spec, info, paths, task, None,
+                                                     int(config["train"]["eval_batch_size"]))
+    result = _result(config, spec, data_dir, info, evaluation, history, kept, started, train_seconds, {
+        **timings,
+        "train_examples_per_second": round(len(sweep_seconds) * info.train_rows / max(train_seconds, 1e-9), 1),
+        "sweep_seconds": [round(x, 3) for x in sweep_seconds],
+    }, replicas=1)
     _write_results(result, config, data_dir, paths, task, xlabel="Gibbs sweep")
     return result

@@ -95,6 +95,26 @@ def resolve(yaml_path: str | None = None, overrides: Sequence[str] = ()) -> dict
     Raises:
       ConfigError: unknown sections or keys, or an unknown model.
     """
+    layers = load_layers(yaml_path, overrides)
+    sections = {"model", "train", "hparams"}
+    for layer in layers:
+        unknown = sorted(set(layer) - sections)
+        if unknown:
+            raise ConfigError(f"unknown section(s) {', '.join(unknown)}; valid: {', '.join(sorted(sections))}")
+    model_name = "mf"
+    for layer in layers:
+        model_name = layer.get("model", model_name)
+    config = {"model": model_name, "train": copy.deepcopy(TRAIN_DEFAULTS), "hparams": hparam_defaults(model_name)}
+    merge_layers(config, layers)
+    return config
+
+
+def load_layers(yaml_path: str | None, overrides: Sequence[str]) -> list[dict[str, Any]]:
+    """The config layers in the order they apply: the YAML mapping (if any), then ``--set``.
+
+    Raises:
+      ConfigError: a missing or malformed YAML, or a malformed override.
+    """
     layers: list[dict[str, Any]] = []
     if yaml_path:
         import tensorflow as tf
@@ -107,23 +127,17 @@ def resolve(yaml_path: str | None = None, overrides: Sequence[str] = ()) -> dict
             raise ConfigError(f"{yaml_path} must hold a mapping with sections model/train/hparams")
         layers.append(loaded)
     layers.append(parse_overrides(overrides))
+    return layers
 
-    sections = {"model", "train", "hparams"}
-    for layer in layers:
-        unknown = sorted(set(layer) - sections)
-        if unknown:
-            raise ConfigError(f"unknown section(s) {', '.join(unknown)}; valid: {', '.join(sorted(sections))}")
-    model_name = "mf"
-    for layer in layers:
-        model_name = layer.get("model", model_name)
-    config = {"model": model_name, "train": copy.deepcopy(TRAIN_DEFAULTS), "hparams": hparam_defaults(model_name)}
+
+def merge_layers(config: dict[str, Any], layers: Sequence[Mapping[str, Any]]) -> None:
+    """Applies the ``train`` and ``hparams`` sections of each layer onto ``config`` (unknown keys: ConfigError)."""
     for layer in layers:
         for section in ("train", "hparams"):
             update = layer.get(section) or {}
             if not isinstance(update, dict):
                 raise ConfigError(f"section {section} must be a mapping")
             _merge_section(config[section], update, section)
-    return config
 
 
 def model_config(config: Mapping[str, Any]):

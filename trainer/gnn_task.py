@@ -53,25 +53,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _config_layers(yaml_path: str | None, overrides: Sequence[str]) -> list[dict[str, Any]]:
-    """The YAML mapping (if any) then the ``--set`` overrides, as nested dicts."""
-    import yaml
-
-    layers = []
-    if yaml_path:
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(yaml_path):
-            raise config_lib.ConfigError(f"config file {yaml_path} does not exist")
-        with tf.io.gfile.GFile(yaml_path) as handle:
-            loaded = yaml.safe_load(handle) or {}
-        if not isinstance(loaded, dict):
-            raise config_lib.ConfigError(f"{yaml_path} must hold a mapping with sections model/train/hparams")
-        layers.append(loaded)
-    layers.append(config_lib.parse_overrides(overrides))
-    return layers
-
-
 def requested_model(yaml_path: str | None, overrides: Sequence[str]) -> str | None:
     """The ``model`` a config names (``--set model=...`` wins over the YAML), or None.
 
@@ -79,7 +60,7 @@ def requested_model(yaml_path: str | None, overrides: Sequence[str]) -> str | No
       config_lib.ConfigError: a missing or malformed YAML, or a malformed override.
     """
     model = None
-    for layer in _config_layers(yaml_path, overrides):
+    for layer in config_lib.load_layers(yaml_path, overrides):
         model = layer.get("model", model)
     return model
 
@@ -92,7 +73,7 @@ def resolve_config(yaml_path: str | None, overrides: Sequence[str]) -> dict[str,
     """
     from trainer.models import hetero_gnn
 
-    layers = _config_layers(yaml_path, overrides)
+    layers = config_lib.load_layers(yaml_path, overrides)
     defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(hetero_gnn.Config()).items()}
     resolved = {"model": MODEL, "train": copy.deepcopy(TRAIN_DEFAULTS), "hparams": defaults}
     model = MODEL
@@ -104,12 +85,7 @@ def resolve_config(yaml_path: str | None, overrides: Sequence[str]) -> dict[str,
     if model != MODEL:
         raise config_lib.ConfigError(f"model {model!r}: trainer.gnn_task trains {MODEL} only "
                                      "(the MovieLens models run with trainer.task)")
-    for layer in layers:
-        for section in ("train", "hparams"):
-            update = layer.get(section) or {}
-            if not isinstance(update, dict):
-                raise config_lib.ConfigError(f"section {section} must be a mapping")
-            config_lib._merge_section(resolved[section], update, section)  # noqa: SLF001
+    config_lib.merge_layers(resolved, layers)
     try:
         hetero_gnn.config_from_dict(resolved["hparams"])
     except (TypeError, ValueError) as error:
@@ -272,7 +248,7 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
                          shuffle_buffer=int(train_cfg["shuffle_buffer"]))
     valid = make_dataset(data, "valid", schema, VALID_BATCH, shuffle=False, seed=0)
     test = make_dataset(data, "test", schema, VALID_BATCH, shuffle=False, seed=0)
-    graph_spec = train.element_spec[0]
+    batch_spec = train.element_spec[0]
     if info.is_distributed:
         # Every worker must run the same number of steps: repeated inputs, fixed step counts.
         fit_inputs = {
@@ -288,7 +264,7 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
         # One process: plain one-pass datasets, each epoch ends where the data does.
         fit_inputs = {"x": train, "validation_data": valid}
     with strategy.scope():
-        model = hetero_gnn.build_model(model_cfg, graph_spec, num_classes)
+        model = hetero_gnn.build_model(model_cfg, batch_spec, num_classes)
         model.compile(
             optimizer=tf.keras.optimizers.Adam(float(train_cfg["learning_rate"])),
             loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -113,6 +114,77 @@ def test_trainer_task_runs_the_gnn_yaml(tiny_data, tmp_path, capsys, monkeypatch
     (record,) = [json.loads(line) for line in (tmp_path / "hp.metrics").read_text().splitlines()]
     assert float(record["accuracy"]) == pytest.approx(metrics["valid"]["accuracy"])
     assert int(record["global_step"]) == metrics["selection"]["epochs_run"] * 8
+
+
+def test_vertex_output_dirs_are_honoured(tiny_data, tmp_path, monkeypatch, capsys):
+    """AIP_MODEL_DIR / AIP_CHECKPOINT_DIR / AIP_TENSORBOARD_LOG_DIR win over --job-dir, as for the other models."""
+    from trainer import gnn_predict
+
+    dirs = {name: tmp_path / name for name in ("model", "checkpoints", "tensorboard")}
+    monkeypatch.setenv("AIP_MODEL_DIR", str(dirs["model"]))
+    monkeypatch.setenv("AIP_CHECKPOINT_DIR", str(dirs["checkpoints"]))
+    monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", str(dirs["tensorboard"]))
+    data, job = str(tiny_data / "out"), tmp_path / "job"
+    cfg = gnn_task.resolve_config(GNN_YAML, ["train.epochs=3", "train.batch_size=32", "hparams.hidden_dim=16"])
+    metrics = gnn_task.run(data, str(job), cfg)
+    assert metrics["outputs"] == {"export": str(dirs["model"]), "backup": str(dirs["checkpoints"]),
+                                  "tensorboard": str(dirs["tensorboard"])}
+    assert (dirs["model"] / "saved_model.pb").exists() and not (job / "export").exists()
+    assert list(dirs["tensorboard"].rglob("events.out.tfevents.*"))
+    assert (job / "metrics.json").exists() and (job / "plots" / "loss.png").exists()
+    # A finished fit leaves no backup or selection state behind (a relaunch starts afresh).
+    assert not [p for p in dirs["checkpoints"].rglob("*") if p.is_file()]
+    assert metrics["history"]["epoch"] == [1, 2, 3] and metrics["selection"]["resumed_after_epoch"] == 0
+    best = metrics["selection"]["best_epoch"]
+    assert metrics["history"]["val_accuracy"][best - 1] == max(metrics["history"]["val_accuracy"])
+    assert gnn_predict.main(["--export", str(dirs["model"]), "--data", data, "--user-id", "0"]) == 0
+    assert "predicted class" in capsys.readouterr().out
+    assert gnn_predict.main(["--job-dir", str(job), "--data", data, "--user-id", "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"gnn_predict: error: no SavedModel in {job / 'export'}"
+
+
+@pytest.mark.slow  # ~40 s: a killed run and its relaunch
+def test_killed_run_resumes_and_selects_over_the_whole_run(tiny_data, tmp_path):
+    """SIGKILL mid-fit, relaunch: training resumes from the backup and the best epoch is chosen over both parts."""
+    import signal
+    import subprocess
+
+    from tests.test_multiworker import PYTHON, Output, Processes, _env, run_module
+
+    epochs = 14
+    job = tmp_path / "job"
+    args = ["--config", GNN_YAML, "--data", str(tiny_data / "out"), "--job-dir", str(job),
+            "--set", f"train.epochs={epochs}", "--set", f"train.patience={epochs}", "--set", "train.batch_size=32",
+            "--set", "hparams.hidden_dim=16"]
+    processes = Processes()
+    try:
+        first = processes.start([PYTHON, "-m", "trainer.task", *args], env=_env(tmp_path),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = Output(first)
+        # "Epoch 6/" is printed after every callback of epoch 5 ended: backup and selection state are written.
+        out.wait_for(r"Epoch 6/", 120)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        state = json.loads((job / "backup" / "selection" / "state.json").read_text())
+        before = sorted(int(e) for e in state["records"])
+        assert before[:5] == [1, 2, 3, 4, 5] and not (job / "metrics.json").exists()
+
+        code, text = run_module(processes, "trainer.task", args, _env(tmp_path), timeout=150)
+    finally:
+        processes.kill_all()
+    assert code == 0, text[-4000:]
+    resumed_at = int(re.search(r"^Epoch (\d+)/", text, re.M).group(1))
+    assert resumed_at > 5, text[-3000:]  # from the backup, not from epoch 1
+    metrics = json.loads((job / "metrics.json").read_text())
+    history, selection = metrics["history"], metrics["selection"]
+    assert selection["resumed_after_epoch"] == resumed_at - 1
+    # The history is the whole run's: the first process's epochs, then the relaunch's.
+    assert history["epoch"][:5] == [1, 2, 3, 4, 5] and history["epoch"][-1] == epochs
+    assert set(range(resumed_at, epochs + 1)) <= set(history["epoch"])
+    assert selection["epochs_run"] == len(history["epoch"]) >= epochs - 1  # a kill between the two writes loses one
+    best = history["val_accuracy"].index(max(history["val_accuracy"]))
+    assert selection["best_epoch"] == history["epoch"][best]
+    assert not (job / "backup" / "selection").exists()
 
 
 @pytest.mark.real_data

@@ -1,10 +1,11 @@
 """Predicted country distribution of one LastFM user from the exported GNN.
 
-``python -m trainer.gnn_predict --job-dir JOB --data OUT --user-id ID``
+``python -m trainer.gnn_predict (--job-dir JOB | --export DIR) --data OUT --user-id ID``
 
 Finds the user's sampled subgraph in ``OUT/{train,valid,test}/`` (the pipeline
-made one per labelled user), runs ``JOB/export``'s ``serving_default`` on it and
-prints the class probabilities, most likely first.
+made one per labelled user), runs the SavedModel's ``serving_default`` on it
+(``JOB/export``, or ``--export``: e.g. the job's ``$AIP_MODEL_DIR`` on Vertex AI)
+and prints the class probabilities, most likely first.
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def find_subgraph(data: str, user_id: str) -> tuple[str, bytes, int] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.gnn_predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--job-dir", required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--job-dir", help="the training job directory (its export/ is used)")
+    where.add_argument("--export", help="the SavedModel directory itself")
     parser.add_argument("--data", required=True)
     parser.add_argument("--user-id", required=True)
     parser.add_argument("--top", type=int, default=0, help="print only the top N classes (0: all)")
@@ -44,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gnn_predict: error: user {args.user_id} has no subgraph in {args.data}", file=sys.stderr)
         return 2
     split, record, label = found
-    serve = tf.saved_model.load(os.path.join(args.job_dir, "export")).signatures["serving_default"]
+    export = args.export or os.path.join(args.job_dir, "export")
+    if not tf.io.gfile.exists(os.path.join(export, "saved_model.pb")):
+        print(f"gnn_predict: error: no SavedModel in {export}", file=sys.stderr)
+        return 2
+    serve = tf.saved_model.load(export).signatures["serving_default"]
     probabilities = serve(examples=tf.constant([record]))["probabilities"].numpy()[0]
     order = probabilities.argsort()[::-1]
     if args.top:

@@ -14,6 +14,17 @@ sees the graph), the strategy from ``TF_CONFIG`` (``trainer.distribute``), the
 fit with the epoch chosen on *valid* accuracy only, test evaluation,
 ``metrics.json``, plots and the SavedModel export (lead worker only).
 
+Where it writes (``trainer.experiment.JobPaths``; Vertex AI's variables win):
+``JOB/export`` (or ``$AIP_MODEL_DIR``), ``JOB/backup`` (or ``$AIP_CHECKPOINT_DIR``),
+``JOB/tensorboard`` (or ``$AIP_TENSORBOARD_LOG_DIR``); ``metrics.json``,
+``config.resolved.yaml`` and ``plots/`` always under ``JOB``.
+
+Preemption: ``BackupAndRestore`` saves the model and optimizer after every epoch
+and a relaunch with the same directories resumes from the last saved epoch. The
+epoch selection (best valid accuracy so far, its weights, the per-epoch history)
+is saved beside it after every epoch (``backup/selection/``), so a resumed run
+still picks the best epoch of the whole run and reports the whole history.
+
 Several workers (MultiWorkerMirroredStrategy): each worker reads every shard and
 keeps every N-th example (so any shard count works), the train and valid inputs
 repeat and every epoch is ``ceil(examples / global batch)`` steps on every worker
@@ -185,6 +196,88 @@ def distributed_dataset(strategy, data: str, split: str, schema, per_replica_bat
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+# --------------------------------------------------------------------------- epoch selection
+def best_epoch_callback(state_dir: str, patience: int, is_lead: bool):
+    """A Keras callback: early stopping on valid accuracy that survives a relaunch.
+
+    ``tf.keras.callbacks.EarlyStopping(restore_best_weights=True)`` keeps the best
+    weights and the history in memory only, so after a preemption the resumed run
+    would choose among the epochs after the restart. This one also writes its state
+    (per-epoch logs, best epoch, best weights) to ``state_dir`` after every epoch
+    (lead only; atomically, by rename) and loads it at the start of a run when it is
+    there. Put it *after* ``BackupAndRestore`` in the callback list: the backup is
+    written first, so a kill between the two writes loses that epoch's log line,
+    never makes the selection point to an epoch the backup does not have. The state
+    is deleted at the end of a finished fit, as the backup is.
+
+    Every worker keeps the same state (``val_accuracy`` is reduced over workers);
+    non-leads read the lead's file on a relaunch (the job directories are shared).
+    """
+    import io
+
+    import numpy as np
+    import tensorflow as tf
+
+    state_json = f"{state_dir}/state.json"
+    weights_npz = f"{state_dir}/best_weights.npz"
+
+    def write_atomically(path: str, payload: bytes):
+        with tf.io.gfile.GFile(path + ".tmp", "wb") as handle:
+            handle.write(payload)
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+    class BestValidEpoch(tf.keras.callbacks.Callback):
+        monitor = "val_accuracy"
+
+        def on_train_begin(self, logs=None):
+            self.records: dict[int, dict[str, float]] = {}  # 1-based epoch -> logs
+            self.best, self.best_epoch, self.best_weights = -np.inf, 0, None
+            self.resumed_from = 0
+            if tf.io.gfile.exists(state_json) and tf.io.gfile.exists(weights_npz):
+                with tf.io.gfile.GFile(state_json) as handle:
+                    state = json.load(handle)
+                with tf.io.gfile.GFile(weights_npz, "rb") as handle:
+                    stored = np.load(io.BytesIO(handle.read()))
+                    self.best_weights = [stored[f"w{i}"] for i in range(len(stored.files))]
+                self.records = {int(k): v for k, v in state["records"].items()}
+                self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+                self.resumed_from = max(self.records, default=0)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            number = epoch + 1
+            self.records[number] = logs
+            improved = logs.get(self.monitor, -np.inf) > self.best
+            if improved:
+                self.best, self.best_epoch, self.best_weights = logs[self.monitor], number, self.model.get_weights()
+            if is_lead:
+                tf.io.gfile.makedirs(state_dir)
+                if improved:
+                    buffer = io.BytesIO()
+                    np.savez(buffer, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
+                    write_atomically(weights_npz, buffer.getvalue())
+                state = {"records": self.records, "best": self.best, "best_epoch": self.best_epoch}
+                write_atomically(state_json, json.dumps(state).encode())
+            if number - self.best_epoch >= patience:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+            if is_lead and tf.io.gfile.exists(state_dir):
+                tf.io.gfile.rmtree(state_dir)
+
+        def history(self) -> dict[str, list[float]]:
+            """The whole run's logs, epoch by epoch (``epoch`` is 1-based; a lost epoch is absent)."""
+            epochs = sorted(self.records)
+            names = sorted({name for record in self.records.values() for name in record})
+            table = {"epoch": epochs}
+            table.update({name: [self.records[e].get(name, float("nan")) for e in epochs] for name in names})
+            return table
+
+    return BestValidEpoch()
+
+
 # --------------------------------------------------------------------------- export
 def export_model(model, schema, export_dir: str) -> None:
     """SavedModel whose ``serving_default`` takes serialized GraphTensor tf.Examples.
@@ -224,10 +317,12 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     import yaml
 
     from trainer import classification_metrics, distribute, plots
+    from trainer.experiment import JobPaths
     from trainer.models import hetero_gnn
 
     started = time.time()
     info = distribute.task_info()
+    paths = JobPaths.from_env(job_dir, os.environ)
     strategy = distribute.make_strategy(info)
     train_cfg = cfg["train"]
     model_cfg = hetero_gnn.config_from_dict(cfg["hparams"])
@@ -271,28 +366,33 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
             metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
     # The epoch is chosen on valid accuracy only; test is touched once, after.
-    stop = tf.keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", mode="max", patience=int(train_cfg["patience"]), restore_best_weights=True
-    )
+    selection = best_epoch_callback(f"{paths.backup}/selection", int(train_cfg["patience"]), info.is_lead)
+    callbacks = [
+        tf.keras.callbacks.BackupAndRestore(paths.backup),
+        selection,  # after the backup (see best_epoch_callback)
+        tf.keras.callbacks.TensorBoard(paths.tensorboard, update_freq="epoch", profile_batch=0),
+    ]
     fit_started = time.time()
-    history = model.fit(**fit_inputs, epochs=int(train_cfg["epochs"]), callbacks=[stop],
-                        verbose=2 if info.is_lead else 0)
+    model.fit(**fit_inputs, epochs=int(train_cfg["epochs"]), callbacks=callbacks, verbose=2 if info.is_lead else 0)
     fit_seconds = time.time() - fit_started
-    best_epoch = int(np.argmax(history.history["val_accuracy"])) + 1
+    history = selection.history()
+    best_epoch = selection.best_epoch
 
     # Every worker saves (saving runs collectives); only the lead's copy is kept.
-    export_dir = os.path.join(job_dir, "export") if info.is_lead else tempfile.mkdtemp(prefix="export-worker-")
+    export_dir = paths.export if info.is_lead else tempfile.mkdtemp(prefix="export-worker-")
     export_model(model, schema, export_dir)
     metrics = {
         "model": MODEL,
-        "selection": {"rule": "best epoch by valid accuracy (EarlyStopping, restore_best_weights)",
-                      "best_epoch": best_epoch, "epochs_run": len(history.history["loss"])},
+        "selection": {"rule": "best epoch by valid accuracy (early stopping with the best weights restored)",
+                      "best_epoch": best_epoch, "epochs_run": len(history["epoch"]),
+                      "resumed_after_epoch": selection.resumed_from},
         "config": cfg,
         "examples": examples,
         "replicas": replicas,
         "global_batch_size": global_batch,
         "steps_per_epoch": steps_per_epoch,
-        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        "history": history,
+        "outputs": {"export": paths.export, "backup": paths.backup, "tensorboard": paths.tensorboard},
         "timings": {"fit_seconds": round(fit_seconds, 2), "total_seconds": round(time.time() - started, 2)},
         "lead": info.is_lead,
     }
@@ -324,8 +424,8 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
                            f"LastFM test confusion (acc {test_report['accuracy']:.3f}, macro-F1 {test_report['macro_f1']:.3f})")
     plots.label_distribution(_label_counts(data, schema, num_classes), os.path.join(job_dir, "plots", "label_distribution.png"),
                              "LastFM users per class and split")
-    plots.loss_curves({k: v for k, v in history.history.items()}, os.path.join(job_dir, "plots", "loss.png"),
-                      f"hetero GNN (best epoch {best_epoch} on valid)")
+    plots.loss_curves({k: v for k, v in history.items() if k != "epoch"}, os.path.join(job_dir, "plots", "loss.png"),
+                      f"hetero GNN (best epoch {best_epoch} on valid)", epochs=history["epoch"])
     return metrics
 
 

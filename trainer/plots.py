@@ -16,7 +16,8 @@ def _figure():
     return plt
 
 
-def loss_curves(history: Mapping[str, Sequence[float]], path: str, title: str, xlabel: str = "epoch") -> str:
+def loss_curves(history: Mapping[str, Sequence[float]], path: str, title: str, xlabel: str = "epoch",
+                epochs: Sequence[int] | None = None) -> str:
     """Plots every metric of a Keras history, train and validation side by side.
 
     Args:
@@ -24,15 +25,16 @@ def loss_curves(history: Mapping[str, Sequence[float]], path: str, title: str, x
       path: output PNG (local or gs://).
       title: figure title.
       xlabel: what one step on the x axis is (``epoch``, or ``Gibbs sweep``).
+      epochs: the x value of each entry (default 1, 2, ...; a resumed run may miss one).
     """
     plt = _figure()
     names = [k for k in history if not k.startswith("val_") and k not in ("regularization_loss", "total_loss")]
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
     for axis, name in zip(axes[0], names):
-        epochs = range(1, len(history[name]) + 1)
-        axis.plot(epochs, history[name], marker="o", label="train")
+        xs = list(epochs) if epochs is not None else range(1, len(history[name]) + 1)
+        axis.plot(xs, history[name], marker="o", label="train")
         if f"val_{name}" in history:
-            axis.plot(range(1, len(history[f"val_{name}"]) + 1), history[f"val_{name}"], marker="s", label="eval")
+            axis.plot(xs[:len(history[f"val_{name}"])], history[f"val_{name}"], marker="s", label="eval")
         axis.set_xlabel(xlabel)
         axis.set_title(name)
         axis.grid(alpha=0.3)

@@ -9,6 +9,13 @@ train rows clamped to their labels) and every other user takes the argmax. It
 prints valid/test accuracy and macro-F1 per seed and their mean: the bar the
 GNN is compared with on the same splits (``README``, LastFM section).
 
+``--neighbourhoods`` adds, per seed, how much any graph-only model can get from
+the labelled neighbourhood of a valid/test user: the share with no train friend,
+and the share whose own country is among their train friends' countries (one
+hop) or among train users within two hops. A user whose country no train friend
+has can only be answered from further away (or the class prior): a measure of how
+hard a split is for any graph-only model, not a bound.
+
 Bad rows are skipped here (the pipeline is where they are counted); the run
 says how many.
 """
@@ -61,12 +68,45 @@ def propagate(edges: np.ndarray, num_nodes: int, seeds: np.ndarray, clamp: np.nd
     return scores
 
 
-def evaluate(users, labels, edges, seed: int, fractions, num_classes: int, alpha: float, iterations: int) -> dict:
+def split_of(users, labels, seed: int, fractions) -> np.ndarray:
+    """Each user's split name, exactly as ``beam_pipelines.lastfm`` assigns it."""
     by_label: dict[int, list[str]] = {}
     for user, label in zip(users, labels):
         by_label.setdefault(int(label), []).append(user)
     assignment = lastfm.stratified_split(by_label, fractions, seed)
-    split = np.array([assignment[u] for u in users])
+    return np.array([assignment[u] for u in users])
+
+
+def neighbourhood_coverage(labels, edges, split: np.ndarray, num_classes: int) -> dict:
+    """Per split (valid, test): shares of users by what their *train* neighbourhood says of their own class.
+
+    ``no_train_friend``: no train user among the friends; ``own_class_1_hop``: the user's
+    class is the class of at least one train friend; ``own_class_2_hops``: ... of at
+    least one train user within two hops.
+    """
+    num_nodes = len(labels)
+    train = split == "train"
+    rows = np.concatenate([edges[:, 0], edges[:, 1]])
+    cols = np.concatenate([edges[:, 1], edges[:, 0]])
+    seeds = np.zeros((num_nodes, num_classes))
+    seeds[train, labels[train]] = 1.0
+    one_hop = np.zeros_like(seeds)
+    np.add.at(one_hop, rows, seeds[cols])
+    reach = np.zeros_like(seeds)  # train labels two hops away (valid/test users have none of their own)
+    np.add.at(reach, rows, one_hop[cols])
+    own = np.arange(num_nodes), labels
+    result = {}
+    for name in ("valid", "test"):
+        mask = split == name
+        in_one = one_hop[own] > 0
+        in_two = in_one | (reach[own] > 0)
+        result[name] = {"users": int(mask.sum()), "no_train_friend": float((one_hop[mask].sum(axis=1) == 0).mean()),
+                        "own_class_1_hop": float(in_one[mask].mean()), "own_class_2_hops": float(in_two[mask].mean())}
+    return result
+
+
+def evaluate(users, labels, edges, seed: int, fractions, num_classes: int, alpha: float, iterations: int) -> dict:
+    split = split_of(users, labels, seed, fractions)
     train = split == "train"
     seeds = np.zeros((len(users), num_classes))
     seeds[train, labels[train]] = 1.0
@@ -88,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-classes", type=int, default=18)
     parser.add_argument("--alpha", type=float, default=0.9)
     parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--neighbourhoods", action="store_true",
+                        help="also print what the train neighbourhood of valid/test users says of their class")
     args = parser.parse_args(argv)
     fractions = tuple(float(f) for f in args.split.split(","))
     users, labels, edges, skipped = read_graph(args.edges, args.targets, args.num_classes)
@@ -98,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(result)
         print(f"seed {seed}: valid acc {result['valid']['accuracy']:.4f} macro-F1 {result['valid']['macro_f1']:.4f} | "
               f"test acc {result['test']['accuracy']:.4f} macro-F1 {result['test']['macro_f1']:.4f}")
+        if args.neighbourhoods:
+            split = split_of(users, labels, seed, fractions)
+            for name, share in neighbourhood_coverage(labels, edges, split, args.num_classes).items():
+                print(f"  {name} ({share['users']} users): no train friend {share['no_train_friend']:.3f}; "
+                      f"own class among train friends {share['own_class_1_hop']:.3f}, "
+                      f"among train users within 2 hops {share['own_class_2_hops']:.3f}")
     if len(results) > 1:
         print("mean test: acc {:.4f} macro-F1 {:.4f}".format(
             np.mean([r["test"]["accuracy"] for r in results]), np.mean([r["test"]["macro_f1"] for r in results])))

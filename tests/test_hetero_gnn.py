@@ -136,7 +136,7 @@ def test_vertex_output_dirs_are_honoured(tiny_data, tmp_path, monkeypatch, capsy
     assert not [p for p in dirs["checkpoints"].rglob("*") if p.is_file()]
     assert metrics["history"]["epoch"] == [1, 2, 3] and metrics["selection"]["resumed_after_epoch"] == 0
     best = metrics["selection"]["best_epoch"]
-    assert metrics["history"]["val_accuracy"][best - 1] == max(metrics["history"]["val_accuracy"])
+    assert metrics["history"]["val_sparse_categorical_accuracy"][best - 1] == max(metrics["history"]["val_sparse_categorical_accuracy"])
     assert gnn_predict.main(["--export", str(dirs["model"]), "--data", data, "--user-id", "0"]) == 0
     assert "predicted class" in capsys.readouterr().out
     assert gnn_predict.main(["--job-dir", str(job), "--data", data, "--user-id", "0"]) == 2
@@ -182,7 +182,7 @@ def test_killed_run_resumes_and_selects_over_the_whole_run(tiny_data, tmp_path):
     assert history["epoch"][:5] == [1, 2, 3, 4, 5] and history["epoch"][-1] == epochs
     assert set(range(resumed_at, epochs + 1)) <= set(history["epoch"])
     assert selection["epochs_run"] == len(history["epoch"]) >= epochs - 1  # a kill between the two writes loses one
-    best = history["val_accuracy"].index(max(history["val_accuracy"]))
+    best = history["val_sparse_categorical_accuracy"].index(max(history["val_sparse_categorical_accuracy"]))
     assert selection["best_epoch"] == history["epoch"][best]
     assert not (job / "backup" / "selection").exists()
 

@@ -6,13 +6,15 @@ is the same as ``python -m trainer.task --config configs/lastfm_hetero_gnn.yaml 
 (``trainer.task`` hands every config whose ``model`` is ``hetero_gnn`` to ``run``
 here, and adds ``--local-workers N``).
 
-Owns the GNN fit loop: config layering (defaults -> YAML -> ``--set``; unknown
-keys are errors, via ``trainer.config``'s helpers), tf.data input from the
-sharded GraphTensor examples parsed with the pipeline's ``graph_schema.pbtxt``
-(the label is taken out with TF-GNN's ``runner.ContextLabelFn`` before the model
-sees the graph), the strategy from ``TF_CONFIG`` (``trainer.distribute``), the
-fit with the epoch chosen on *valid* accuracy only, test evaluation,
-``metrics.json``, plots and the SavedModel export (lead worker only).
+The fit is built from TF-GNN runner pieces: ``runner.RootNodeMulticlassClassification``
+(label out of the graph with ``runner.ContextLabelFn``, root readout head, loss
+and metrics), ``runner.KerasTrainer`` under the strategy from ``TF_CONFIG``
+(``trainer.distribute``), our ``DatasetProvider`` of the sharded GraphTensor
+examples (parsed with the pipeline's ``graph_schema.pbtxt``) and our
+``ModelExporter`` (serving signature). This module adds the config layering
+(defaults -> YAML -> ``--set``; unknown keys are errors, via ``trainer.config``'s
+helpers), the epoch chosen on *valid* accuracy only (across relaunches), the
+exact test evaluation, ``metrics.json`` and plots (lead worker only).
 
 Where it writes (``trainer.experiment.JobPaths``; Vertex AI's variables win):
 ``JOB/export`` (or ``$AIP_MODEL_DIR``), ``JOB/backup`` (or ``$AIP_CHECKPOINT_DIR``),
@@ -29,7 +31,7 @@ Several workers (MultiWorkerMirroredStrategy): each worker reads every shard and
 keeps every N-th example (so any shard count works), the train and valid inputs
 repeat and every epoch is ``ceil(examples / global batch)`` steps on every worker
 (global batch = ``train.batch_size`` per replica x replicas). The per-epoch
-``val_accuracy`` that picks the epoch is then computed over all workers with a
+valid accuracy that picks the epoch is then computed over all workers with a
 few examples counted twice; the reported valid and test metrics are computed by
 the lead after fit, over every example exactly once. Every worker saves the
 model (saving runs collectives), non-leads into a temporary directory they delete.
@@ -152,53 +154,60 @@ def split_files(data: str, split: str) -> list[str]:
     return files
 
 
-def make_dataset(data: str, split: str, schema, batch_size: int, *, shuffle: bool, seed: int, shuffle_buffer: int = 20_000,
-                 repeat: bool = False, num_shards: int = 1, shard_index: int = 0):
-    """Batched ``(GraphTensor without label, label)`` pairs of one split.
+def label_fn():
+    """TF-GNN's context label function: takes ``label`` out of the graph before the model sees it."""
+    from tensorflow_gnn import runner
 
-    ``num_shards`` / ``shard_index``: keep every ``num_shards``-th example, from
-    ``shard_index`` (one disjoint part per worker, whatever the number of files).
-    ``repeat``: endless, for a fit with a fixed number of steps per epoch.
+    return runner.ContextLabelFn(LABEL)
+
+
+def make_dataset(data: str, split: str, schema, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 shuffle_buffer: int = 20_000, num_shards: int = 1, shard_index: int = 0):
+    """``(merged scalar GraphTensor without label, label [batch])`` batches of one split, in a fixed order.
+
+    Parsed with the pipeline's schema, each batch merged into one graph of components
+    (what TF-GNN's Keras layers take) and the label taken out by the task's
+    ``runner.ContextLabelFn``. ``num_shards`` / ``shard_index``: keep every
+    ``num_shards``-th example, from ``shard_index`` (one disjoint part per input
+    pipeline, whatever the number of files). Every map is deterministic, so a
+    seed gives the same run (``runner.run``'s own input maps are not: one reason
+    this module drives ``runner.KerasTrainer`` itself).
     """
     import tensorflow as tf
     import tensorflow_gnn as tfgnn
-    from tensorflow_gnn import runner
 
-    spec = graph_spec(schema)
-    label_fn = runner.ContextLabelFn(LABEL)
-    files = split_files(data, split)
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    spec, take_label = graph_spec(schema), label_fn()
+    dataset = tf.data.TFRecordDataset(split_files(data, split), compression_type="GZIP")
     if num_shards > 1:
         dataset = dataset.shard(num_shards, shard_index)
     dataset = dataset.cache()
     if shuffle:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    dataset = dataset.batch(batch_size).map(lambda s: tfgnn.parse_example(spec, s), num_parallel_calls=tf.data.AUTOTUNE)
 
-    def split_label(graph):
-        graph, label = label_fn(graph)
-        return graph, tf.reshape(label, [-1])  # context field [batch, 1] -> [batch]
+    def parse(serialized):
+        graph, label = take_label(tfgnn.parse_example(spec, serialized).merge_batch_to_components())
+        return graph, tf.reshape(label, [-1])  # context field [components, 1] -> [components]
 
-    return dataset.map(split_label).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def distributed_dataset(strategy, data: str, split: str, schema, per_replica_batch: int, *, shuffle: bool, seed: int,
-                        shuffle_buffer: int = 20_000):
-    """A repeated dataset for ``fit`` under several workers: one disjoint part of the split per input pipeline."""
+def batches_provider(data: str, split: str, schema, global_batch: int, *, shuffle: bool, seed: int,
+                     shuffle_buffer: int = 20_000):
+    """A ``runner.DatasetProvider`` for ``runner.KerasTrainer``: per input pipeline, its own part of ``split``."""
+    from tensorflow_gnn import runner
 
-    def dataset_fn(context):
-        return make_dataset(data, split, schema, per_replica_batch, shuffle=shuffle, seed=seed,
-                            shuffle_buffer=shuffle_buffer, repeat=True,
-                            num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id)
+    class Batches(runner.DatasetProvider):
+        def get_dataset(self, context):
+            return make_dataset(data, split, schema, context.get_per_replica_batch_size(global_batch),
+                                shuffle=shuffle, seed=seed, shuffle_buffer=shuffle_buffer,
+                                num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id)
 
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    return Batches()
 
 
 # --------------------------------------------------------------------------- epoch selection
-def best_epoch_callback(state_dir: str, patience: int, is_lead: bool):
-    """A Keras callback: early stopping on valid accuracy that survives a relaunch.
+def best_epoch_callback(state_dir: str, patience: int, is_lead: bool, monitor: str):
+    """A Keras callback: early stopping on ``monitor`` (higher is better) that survives a relaunch.
 
     ``tf.keras.callbacks.EarlyStopping(restore_best_weights=True)`` keeps the best
     weights and the history in memory only, so after a preemption the resumed run
@@ -210,7 +219,7 @@ def best_epoch_callback(state_dir: str, patience: int, is_lead: bool):
     never makes the selection point to an epoch the backup does not have. The state
     is deleted at the end of a finished fit, as the backup is.
 
-    Every worker keeps the same state (``val_accuracy`` is reduced over workers);
+    Every worker keeps the same state (the valid metric is reduced over workers);
     non-leads read the lead's file on a relaunch (the job directories are shared).
     """
     import io
@@ -227,7 +236,9 @@ def best_epoch_callback(state_dir: str, patience: int, is_lead: bool):
         tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
     class BestValidEpoch(tf.keras.callbacks.Callback):
-        monitor = "val_accuracy"
+        def __init__(self):
+            super().__init__()
+            self.monitor = monitor
 
         def on_train_begin(self, logs=None):
             self.records: dict[int, dict[str, float]] = {}  # 1-based epoch -> logs
@@ -241,7 +252,11 @@ def best_epoch_callback(state_dir: str, patience: int, is_lead: bool):
                     self.best_weights = [stored[f"w{i}"] for i in range(len(stored.files))]
                 self.records = {int(k): v for k, v in state["records"].items()}
                 self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
-                self.resumed_from = max(self.records, default=0)
+            self._first_epoch = True
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self._first_epoch:  # BackupAndRestore has set where this run starts
+                self.resumed_from, self._first_epoch = epoch, False
 
         def on_epoch_end(self, epoch, logs=None):
             logs = {k: float(v) for k, v in (logs or {}).items()}
@@ -282,6 +297,7 @@ def best_epoch_callback(state_dir: str, patience: int, is_lead: bool):
 def export_model(model, schema, export_dir: str) -> None:
     """SavedModel whose ``serving_default`` takes serialized GraphTensor tf.Examples.
 
+    ``model``: the trained Keras model (merged scalar GraphTensor without label -> logits).
     Outputs ``probabilities`` [batch, classes], ``class`` [batch] and ``root_id`` [batch].
     """
     import tensorflow as tf
@@ -292,7 +308,7 @@ def export_model(model, schema, export_dir: str) -> None:
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve(examples):
         graph = tfgnn.parse_example(spec, examples)
-        probabilities = tf.nn.softmax(model(graph, training=False), axis=-1)
+        probabilities = tf.nn.softmax(model(graph.merge_batch_to_components(), training=False), axis=-1)
         return {
             "probabilities": probabilities,
             "class": tf.argmax(probabilities, axis=-1),
@@ -302,8 +318,25 @@ def export_model(model, schema, export_dir: str) -> None:
     model.save(export_dir, signatures={"serving_default": serve}, include_optimizer=False)
 
 
+def serving_exporter(schema):
+    """A ``runner.ModelExporter`` writing ``export_model``'s SavedModel.
+
+    Ours rather than ``runner.KerasModelExporter``: that one exports the trained
+    model's own call signature (logits from a parsed GraphTensor); users here send
+    serialized examples and want probabilities, the class and the root id back.
+    """
+    from tensorflow_gnn import runner
+
+    class ServingExporter(runner.ModelExporter):
+        def save(self, run_result, export_dir: str):
+            export_model(run_result.trained_model, schema, export_dir)
+
+    return ServingExporter()
+
+
 # --------------------------------------------------------------------------- run
-VALID_BATCH = 1024
+VALID_BATCH = 1024  # the exact evaluation after fit
+MONITOR = "val_sparse_categorical_accuracy"  # the task's accuracy metric on valid: picks the epoch
 
 
 def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -339,48 +372,58 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     global_batch = int(train_cfg["batch_size"]) * replicas
     steps_per_epoch = max(1, math.ceil(int(examples["train"]) / global_batch))  # one pass over train
 
-    train = make_dataset(data, "train", schema, global_batch, shuffle=True, seed=int(train_cfg["seed"]),
-                         shuffle_buffer=int(train_cfg["shuffle_buffer"]))
-    valid = make_dataset(data, "valid", schema, VALID_BATCH, shuffle=False, seed=0)
-    test = make_dataset(data, "test", schema, VALID_BATCH, shuffle=False, seed=0)
-    batch_spec = train.element_spec[0]
-    if info.is_distributed:
-        # Every worker must run the same number of steps: repeated inputs, fixed step counts.
-        fit_inputs = {
-            "x": distributed_dataset(strategy, data, "train", schema, int(train_cfg["batch_size"]), shuffle=True,
-                                     seed=int(train_cfg["seed"]), shuffle_buffer=int(train_cfg["shuffle_buffer"])),
-            "steps_per_epoch": steps_per_epoch,
-        }
-        valid_batch = min(VALID_BATCH, max(1, math.ceil(int(examples["valid"]) / replicas)))  # per replica
-        fit_inputs["validation_data"] = distributed_dataset(strategy, data, "valid", schema, valid_batch,
-                                                            shuffle=False, seed=0)
-        fit_inputs["validation_steps"] = max(1, math.ceil(int(examples["valid"]) / (valid_batch * replicas)))
-    else:
-        # One process: plain one-pass datasets, each epoch ends where the data does.
-        fit_inputs = {"x": train, "validation_data": valid}
-    with strategy.scope():
-        model = hetero_gnn.build_model(model_cfg, batch_spec, num_classes)
-        model.compile(
-            optimizer=tf.keras.optimizers.Adam(float(train_cfg["learning_rate"])),
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-    # The epoch is chosen on valid accuracy only; test is touched once, after.
-    selection = best_epoch_callback(f"{paths.backup}/selection", int(train_cfg["patience"]), info.is_lead)
-    callbacks = [
-        tf.keras.callbacks.BackupAndRestore(paths.backup),
-        selection,  # after the backup (see best_epoch_callback)
-        tf.keras.callbacks.TensorBoard(paths.tensorboard, update_freq="epoch", profile_batch=0),
-    ]
+    # TF-GNN runner pieces: the task (label out of the graph, root readout head, loss, metrics),
+    # KerasTrainer (fit under the strategy: distributed inputs, repeats under several workers,
+    # TensorBoard) and a ModelExporter. Not runner.run: its input maps are non-deterministic
+    # (a seed would not give the same run). Around them stays
+    # what the runner does not do: choosing the epoch on valid accuracy across a relaunch
+    # (best_epoch_callback), the exact one-pass valid/test evaluation by the lead, metrics.json
+    # and plots.
+    from tensorflow_gnn import runner
+
+    task = runner.RootNodeMulticlassClassification(hetero_gnn.USER, num_classes=num_classes, label_fn=label_fn())
+    selection = best_epoch_callback(f"{paths.backup}/selection", int(train_cfg["patience"]), info.is_lead,
+                                    monitor=MONITOR)
+    # Several workers must run the same number of steps: KerasTrainer then repeats both inputs.
+    distributed = info.is_distributed
+    trainer = runner.KerasTrainer(
+        strategy=strategy,
+        model_dir=paths.tensorboard,  # KerasTrainer writes TensorBoard summaries here (and nothing else, see below)
+        steps_per_epoch=steps_per_epoch if distributed else None,
+        validation_steps=max(1, math.ceil(int(examples["valid"]) / global_batch)) if distributed else None,
+        checkpoint_every_n_steps="never",  # its best checkpoint picks by val_loss and forgets the best on a relaunch
+        restore_best_weights=False,  # best_epoch_callback restores
+        backup_and_restore=False,  # its backup would run after `callbacks`; ours must run before the selection
+        callbacks=[tf.keras.callbacks.BackupAndRestore(paths.backup), selection],
+        summarize_every_n_steps="epoch",
+        verbose=2 if info.is_lead else 0,
+    )
+    input_spec = make_dataset(data, "valid", schema, 2).element_spec[0]
+    base = {}
+
+    def model_fn():
+        inputs = tf.keras.layers.Input(type_spec=input_spec)
+        base["model"] = hetero_gnn.build_model(model_cfg, input_spec, num_classes)
+        model = tf.keras.Model(inputs, task.predict(base["model"](inputs)))
+        model.compile(tf.keras.optimizers.Adam(float(train_cfg["learning_rate"])), loss=task.losses(),
+                      metrics=task.metrics())
+        return model
+
     fit_started = time.time()
-    model.fit(**fit_inputs, epochs=int(train_cfg["epochs"]), callbacks=callbacks, verbose=2 if info.is_lead else 0)
+    model = trainer.train(
+        model_fn,
+        batches_provider(data, "train", schema, global_batch, shuffle=True, seed=int(train_cfg["seed"]),
+                         shuffle_buffer=int(train_cfg["shuffle_buffer"])),
+        epochs=int(train_cfg["epochs"]),
+        valid_ds_provider=batches_provider(data, "valid", schema, global_batch, shuffle=False, seed=0),
+    )
     fit_seconds = time.time() - fit_started
+    # Every worker exports (saving runs collectives); only the lead's copy is kept.
+    export_dir = paths.export if info.is_lead else tempfile.mkdtemp(prefix="export-worker-")
+    serving_exporter(schema).save(runner.RunResult(preprocess_model=None, base_model=base["model"], trained_model=model),
+                                  export_dir)
     history = selection.history()
     best_epoch = selection.best_epoch
-
-    # Every worker saves (saving runs collectives); only the lead's copy is kept.
-    export_dir = paths.export if info.is_lead else tempfile.mkdtemp(prefix="export-worker-")
-    export_model(model, schema, export_dir)
     metrics = {
         "model": MODEL,
         "selection": {"rule": "best epoch by valid accuracy (early stopping with the best weights restored)",
@@ -408,8 +451,9 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
         return np.concatenate(labels), np.concatenate(predictions)
 
     # Exact: the one-pass datasets, every example once.
-    valid_report = classification_metrics.classification_report(*predict(valid), num_classes)
-    test_labels, test_predictions = predict(test)
+    valid_report = classification_metrics.classification_report(
+        *predict(make_dataset(data, "valid", schema, VALID_BATCH)), num_classes)
+    test_labels, test_predictions = predict(make_dataset(data, "test", schema, VALID_BATCH))
     test_report = classification_metrics.classification_report(test_labels, test_predictions, num_classes)
     metrics["test"] = {k: v for k, v in test_report.items()}
     metrics["valid"] = {"accuracy": valid_report["accuracy"], "macro_f1": valid_report["macro_f1"]}
@@ -446,7 +490,7 @@ def _label_counts(data: str, schema, num_classes: int) -> dict[str, list[int]]:
 
     counts = {}
     for split in ("train", "valid", "test"):
-        labels = np.concatenate([label.numpy() for _, label in make_dataset(data, split, schema, 4096, shuffle=False, seed=0)])
+        labels = np.concatenate([label.numpy() for _, label in make_dataset(data, split, schema, 4096)])
         counts[split] = np.bincount(labels, minlength=num_classes).tolist()
     return counts
 

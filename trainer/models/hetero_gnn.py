@@ -13,8 +13,10 @@ Owns the architecture only (loss, metrics and the fit loop live in
   from sampled nodes back towards the root (``receiver_tag=SOURCE``: the
   pipeline stores edges from the sampling node to the sampled one), combined by
   ``NextStateFromConcat``;
-* readout of the root (node 0 of ``user``, the sampler's seed) with
-  ``ReadoutFirstNode`` and a dense layer giving ``num_classes`` logits.
+* dropout on the final user states. The head is not here: ``trainer.gnn_task``
+  puts TF-GNN's ``runner.RootNodeMulticlassClassification`` on top (readout of
+  the root, node 0 of ``user``, the sampler's seed, and a dense layer giving
+  ``num_classes`` logits), and that task also supplies the loss and metrics.
 """
 from __future__ import annotations
 
@@ -83,16 +85,17 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 
 def build_model(config: Config, graph_spec, num_classes: int):
-    """Builds the Keras model: batched GraphTensor (no label) -> root logits.
+    """Builds the base GNN: one scalar GraphTensor (no label) -> the same graph with final node states.
 
     Args:
       config: hyperparameters.
-      graph_spec: ``GraphTensorSpec`` of one *batch* of parsed subgraphs (rank 1),
-        without the label feature.
-      num_classes: number of output classes.
+      graph_spec: ``GraphTensorSpec`` of the model input: a scalar GraphTensor
+        (a batch of subgraphs merged into components), without the label.
+      num_classes: number of classes (the label-hint vocabulary is this + "unknown").
 
     Returns:
-      An uncompiled ``tf.keras.Model``.
+      An uncompiled ``tf.keras.Model`` whose output carries ``tfgnn.HIDDEN_STATE``
+      on every node set it updates; the root is node 0 of ``user`` in each component.
     """
     import tensorflow as tf
     import tensorflow_gnn as tfgnn
@@ -151,8 +154,7 @@ def build_model(config: Config, graph_spec, num_classes: int):
         )
 
     inputs = tf.keras.layers.Input(type_spec=graph_spec)
-    graph = inputs.merge_batch_to_components()
-    graph = tfgnn.keras.layers.MapFeatures(node_sets_fn=node_sets_fn)(graph)
+    graph = tfgnn.keras.layers.MapFeatures(node_sets_fn=node_sets_fn)(inputs)
     for _ in range(config.num_rounds):
         node_set_updates = {}
         for receiver in (USER, ARTIST):
@@ -164,8 +166,10 @@ def build_model(config: Config, graph_spec, num_classes: int):
                     {e: convolution(e) for e in edge_sets}, next_state()
                 )
         graph = tfgnn.keras.layers.GraphUpdate(node_sets=node_set_updates)(graph)
-    root = tfgnn.keras.layers.ReadoutFirstNode(node_set_name=USER)(graph)
-    root = tf.keras.layers.Dropout(config.dropout)(root)
-    logits = tf.keras.layers.Dense(num_classes, name="logits")(root)
-    return tf.keras.Model(inputs, logits)
+    # Dropout on every user state = dropout on the root state the head reads out.
+    final_dropout = tf.keras.layers.Dropout(config.dropout)
+    graph = tfgnn.keras.layers.MapFeatures(
+        node_sets_fn=lambda node_set, *, node_set_name: final_dropout(node_set[tfgnn.HIDDEN_STATE])
+        if node_set_name == USER else node_set.features)(graph)
+    return tf.keras.Model(inputs, graph)
 

@@ -108,7 +108,7 @@ def label_distribution(counts_by_split: Mapping[str, Sequence[int]], path: str, 
     axis.set_xlabel("class")
     axis.set_ylabel("users (log scale)")
     axis.grid(axis="y", alpha=0.3)
-    axis.legend()
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never over the tallest bars
     axis.set_title(title)
     fig.tight_layout()
     return _save(fig, plt, path)

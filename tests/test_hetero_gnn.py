@@ -116,6 +116,18 @@ def test_trainer_task_runs_the_gnn_yaml(tiny_data, tmp_path, capsys, monkeypatch
     assert int(record["global_step"]) == metrics["selection"]["epochs_run"] * 8
 
 
+def test_same_seed_same_run(tiny_data, tmp_path):
+    """Two fits with one seed give the same history and predictions (runner.run's own input maps would not)."""
+    cfg = gnn_task.resolve_config(GNN_YAML, ["train.epochs=3", "train.batch_size=32", "hparams.hidden_dim=16"])
+    first, second = (gnn_task.run(str(tiny_data / "out"), str(tmp_path / name), cfg) for name in ("a", "b"))
+    assert first["history"].keys() == second["history"].keys()
+    for name, values in first["history"].items():  # float sums may differ in the last bits, nothing more
+        assert second["history"][name] == pytest.approx(values, rel=1e-5), name
+    assert first["test"]["confusion_matrix"] == second["test"]["confusion_matrix"]
+    other = gnn_task.run(str(tiny_data / "out"), str(tmp_path / "c"), {**cfg, "train": {**cfg["train"], "seed": 1}})
+    assert other["history"]["loss"] != first["history"]["loss"]
+
+
 def test_vertex_output_dirs_are_honoured(tiny_data, tmp_path, monkeypatch, capsys):
     """AIP_MODEL_DIR / AIP_CHECKPOINT_DIR / AIP_TENSORBOARD_LOG_DIR win over --job-dir, as for the other models."""
     from trainer import gnn_predict

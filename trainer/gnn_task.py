@@ -375,10 +375,9 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     # TF-GNN runner pieces: the task (label out of the graph, root readout head, loss, metrics),
     # KerasTrainer (fit under the strategy: distributed inputs, repeats under several workers,
     # TensorBoard) and a ModelExporter. Not runner.run: its input maps are non-deterministic
-    # (a seed would not give the same run). Around them stays
-    # what the runner does not do: choosing the epoch on valid accuracy across a relaunch
-    # (best_epoch_callback), the exact one-pass valid/test evaluation by the lead, metrics.json
-    # and plots.
+    # (a seed would not give the same run). Around them stays what the runner does not do:
+    # choosing the epoch on valid accuracy across a relaunch (best_epoch_callback), the exact
+    # one-pass valid/test evaluation by the lead, metrics.json and plots.
     from tensorflow_gnn import runner
 
     task = runner.RootNodeMulticlassClassification(hetero_gnn.USER, num_classes=num_classes, label_fn=label_fn())
@@ -388,7 +387,7 @@ def run(data: str, job_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
     distributed = info.is_distributed
     trainer = runner.KerasTrainer(
         strategy=strategy,
-        model_dir=paths.tensorboard,  # KerasTrainer writes TensorBoard summaries here (and nothing else, see below)
+        model_dir=paths.tensorboard,  # only TensorBoard summaries go here: its checkpoints and backup are off
         steps_per_epoch=steps_per_epoch if distributed else None,
         validation_steps=max(1, math.ceil(int(examples["valid"]) / global_batch)) if distributed else None,
         checkpoint_every_n_steps="never",  # its best checkpoint picks by val_loss and forgets the best on a relaunch

@@ -86,8 +86,8 @@ def test_two_workers_match_one_process(lastfm_data, two_workers, module_processe
     assert one["test"]["accuracy"] > majority + 0.12 and two["test"]["accuracy"] > majority + 0.12
     # ... and reach the same quality. Measured with train.seed 0/1/2/3 on one generated copy:
     # 1 process 0.704/0.729/0.739/0.729, 2 workers 0.719/0.739/0.754/0.734 (same seed within
-    # 0.015, all eight within 0.05; each pipeline run orders the records differently, so the
-    # trajectories here vary like different seeds). 0.07 = 14 of the 199 test users.
+    # 0.015, all eight within 0.05; two workers see other batches than one process, so their
+    # trajectories differ like different seeds). 0.07 = 14 of the 199 test users.
     assert two["test"]["accuracy"] == pytest.approx(one["test"]["accuracy"], abs=0.07)
     print(f"\ntest accuracy 1 process {one['test']['accuracy']:.4f}, 2 workers {two['test']['accuracy']:.4f} "
           f"(majority {majority:.3f}); 2-worker job {two_workers['seconds']:.0f} s")

@@ -53,10 +53,14 @@ def read_graph(edges_path: str, targets_path: str, num_classes: int):
     return users, np.array([labels[u] for u in users]), np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2), skipped
 
 
+def both_directions(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(receivers, senders) of every friendship in both directions."""
+    return np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]])
+
+
 def propagate(edges: np.ndarray, num_nodes: int, seeds: np.ndarray, clamp: np.ndarray, alpha: float, iterations: int):
     """Label propagation scores [num_nodes, classes]; rows where ``clamp`` is True stay at ``seeds``."""
-    rows = np.concatenate([edges[:, 0], edges[:, 1]])
-    cols = np.concatenate([edges[:, 1], edges[:, 0]])
+    rows, cols = both_directions(edges)
     degree = np.maximum(np.bincount(rows, minlength=num_nodes), 1).astype(float)
     weight = 1.0 / np.sqrt(degree[rows] * degree[cols])
     scores = seeds.copy()
@@ -77,6 +81,14 @@ def split_of(users, labels, seed: int, fractions) -> np.ndarray:
     return np.array([assignment[u] for u in users])
 
 
+def train_one_hot(labels, split: np.ndarray, num_classes: int) -> np.ndarray:
+    """[users, classes]: one-hot class of train users, zeros for everyone else."""
+    seeds = np.zeros((len(labels), num_classes))
+    train = split == "train"
+    seeds[train, labels[train]] = 1.0
+    return seeds
+
+
 def neighbourhood_coverage(labels, edges, split: np.ndarray, num_classes: int) -> dict:
     """Per split (valid, test): shares of users by what their *train* neighbourhood says of their own class.
 
@@ -85,21 +97,18 @@ def neighbourhood_coverage(labels, edges, split: np.ndarray, num_classes: int) -
     least one train user within two hops.
     """
     num_nodes = len(labels)
-    train = split == "train"
-    rows = np.concatenate([edges[:, 0], edges[:, 1]])
-    cols = np.concatenate([edges[:, 1], edges[:, 0]])
-    seeds = np.zeros((num_nodes, num_classes))
-    seeds[train, labels[train]] = 1.0
+    rows, cols = both_directions(edges)
+    seeds = train_one_hot(labels, split, num_classes)
     one_hop = np.zeros_like(seeds)
     np.add.at(one_hop, rows, seeds[cols])
     reach = np.zeros_like(seeds)  # train labels two hops away (valid/test users have none of their own)
     np.add.at(reach, rows, one_hop[cols])
     own = np.arange(num_nodes), labels
+    in_one = one_hop[own] > 0
+    in_two = in_one | (reach[own] > 0)
     result = {}
     for name in ("valid", "test"):
         mask = split == name
-        in_one = one_hop[own] > 0
-        in_two = in_one | (reach[own] > 0)
         result[name] = {"users": int(mask.sum()), "no_train_friend": float((one_hop[mask].sum(axis=1) == 0).mean()),
                         "own_class_1_hop": float(in_one[mask].mean()), "own_class_2_hops": float(in_two[mask].mean())}
     return result
@@ -108,8 +117,7 @@ def neighbourhood_coverage(labels, edges, split: np.ndarray, num_classes: int) -
 def evaluate(users, labels, edges, seed: int, fractions, num_classes: int, alpha: float, iterations: int) -> dict:
     split = split_of(users, labels, seed, fractions)
     train = split == "train"
-    seeds = np.zeros((len(users), num_classes))
-    seeds[train, labels[train]] = 1.0
+    seeds = train_one_hot(labels, split, num_classes)
     predicted = propagate(edges, len(users), seeds, train, alpha, iterations).argmax(axis=1)
     result = {}
     for name in ("valid", "test"):

@@ -236,10 +236,6 @@ def best_epoch_callback(state_dir: str, patience: int, is_lead: bool, monitor: s
         tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
     class BestValidEpoch(tf.keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.monitor = monitor
-
         def on_train_begin(self, logs=None):
             self.records: dict[int, dict[str, float]] = {}  # 1-based epoch -> logs
             self.best, self.best_epoch, self.best_weights = -np.inf, 0, None
@@ -262,9 +258,9 @@ def best_epoch_callback(state_dir: str, patience: int, is_lead: bool, monitor: s
             logs = {k: float(v) for k, v in (logs or {}).items()}
             number = epoch + 1
             self.records[number] = logs
-            improved = logs.get(self.monitor, -np.inf) > self.best
+            improved = logs.get(monitor, -np.inf) > self.best
             if improved:
-                self.best, self.best_epoch, self.best_weights = logs[self.monitor], number, self.model.get_weights()
+                self.best, self.best_epoch, self.best_weights = logs[monitor], number, self.model.get_weights()
             if is_lead:
                 tf.io.gfile.makedirs(state_dir)
                 if improved:

@@ -22,7 +22,7 @@ subcommands:
   local       run the MovieLens pipeline and MF training on this machine
   test        run the test suite (creates or reuses .venv)
   preprocess  run a Beam pipeline on Dataflow
-  build-image build the training container (tools/container) with Cloud Build and push it
+  build-image build the training container (cloud/container) with Cloud Build and push it
   train       train on Vertex AI (CustomJob: 1 chief + N-1 workers)
   tune        hyperparameter tuning on Vertex AI (HyperparameterTuningJob)
   deploy      upload a job's SavedModel as a Vertex Model and deploy it to an endpoint
@@ -105,7 +105,7 @@ EOF
   local started=$SECONDS
   log "fetching ml-100k${mirror:+ (mirror: $mirror)}"
   local ratings
-  ratings="$("$PYTHON" -m tools.datasets fetch ml-100k --dest "$work/datasets" ${mirror:+--mirror "$mirror"} | tail -n 1)"
+  ratings="$("$PYTHON" -m rawdata.registry fetch ml-100k --dest "$work/datasets" ${mirror:+--mirror "$mirror"} | tail -n 1)"
   local dataset_dir
   dataset_dir="$(dirname "$ratings")"
   local data="$work/data/ml-100k-$fold" job="$work/jobs/mf-ml-100k-$fold"
@@ -170,12 +170,12 @@ EOF
     build-image) cat <<'EOF'
 usage: ./run-cloud.sh build-image [--tag URI] [--dry-run]
 
-Builds the training container (tools/container/Dockerfile: python:3.11-slim +
+Builds the training container (cloud/container/Dockerfile: python:3.11-slim +
 pip install . , entry point python -m trainer.task) with Cloud Build and
 pushes it to URI (default images.train_container / $VERTEX_TRAIN_CONTAINER),
 from the repo root:
-  gcloud builds submit --config tools/container/cloudbuild.yaml \
-      --substitutions _IMAGE=URI --ignore-file tools/container/gcloudignore \
+  gcloud builds submit --config cloud/container/cloudbuild.yaml \
+      --substitutions _IMAGE=URI --ignore-file cloud/container/gcloudignore \
       --project PROJECT .
 The ignore file uploads only what the Dockerfile copies (setup.py, the
 packages, configs/). URI is an Artifact Registry path such as
@@ -248,7 +248,7 @@ EOF
   printf '\n%s\n' "$CLOUD_SETTINGS_HELP"
 }
 
-# preprocess | build-image | train | tune | deploy | predict: arguments go to tools/vertex.py,
+# preprocess | build-image | train | tune | deploy | predict: arguments go to cloud/vertex.py,
 # which builds the requests; this checks the prerequisites of a real submission.
 cmd_cloud() {
   local sub="$1"
@@ -269,7 +269,7 @@ cmd_cloud() {
       || die "gcloud is not installed or not on PATH: install the Google Cloud CLI (or use --dry-run)"
   fi
   cd "$ROOT"
-  "$PYTHON" -m tools.vertex "$sub" "$@"
+  "$PYTHON" -m cloud.vertex "$sub" "$@"
 }
 
 main() {

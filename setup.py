@@ -20,6 +20,8 @@ REQUIRED = [
     "PyYAML>=6.0",
 ]
 
+PACKAGES = ("beam_pipelines", "schemas", "trainer", "workflows", "baselines", "rawdata", "cloud")
+
 setuptools.setup(
     name="recsys-pipelines",
     version="0.1.0",
@@ -28,7 +30,9 @@ setuptools.setup(
     # tensorflow-transform 1.21 and tfx-bsl 1.21 all require tensorflow>=2.21,<2.22; the step
     # down (tf.Transform 1.17) has no cp310 tfx-bsl wheel and wants Beam <2.51 on Python <3.11.
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["beam_pipelines", "beam_pipelines.*", "trainer", "trainer.*", "tools", "tools.*"]),
+    # tools/ holds developer scripts (benchmarks), not installed; every other top-level folder
+    # with code is a package of the product (see README "Layout").
+    packages=setuptools.find_packages(include=[f"{p}{s}" for p in PACKAGES for s in ("", ".*")]),
     install_requires=REQUIRED,
     classifiers=[
         "Programming Language :: Python :: 3",

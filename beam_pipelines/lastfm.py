@@ -33,21 +33,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from beam_pipelines import common
 
-NODE_USER = "user"
-NODE_ARTIST = "artist"
-EDGE_FOLLOWS = "follows"
-EDGE_LIKES = "likes"
-EDGE_LIKED_BY = "liked_by"
-EDGE_SETS = {  # name -> (source node set, target node set)
-    EDGE_FOLLOWS: (NODE_USER, NODE_USER),
-    EDGE_LIKES: (NODE_USER, NODE_ARTIST),
-    EDGE_LIKED_BY: (NODE_ARTIST, NODE_USER),
-}
-LABEL = "label"
-ROOT_ID = "root_id"
-LABEL_HINT = "label_hint"
+from schemas.lastfm import (  # noqa: F401  (the graph's names live in the schema module)
+    EDGE_FOLLOWS, EDGE_LIKED_BY, EDGE_LIKES, EDGE_SETS, ID, LABEL, LABEL_HINT, NODE_ARTIST, NODE_USER, ROOT_ID,
+    SCHEMA_FILE, graph_schema,
+)
+
 SPLITS = ("train", "valid", "test")
-OUTPUT_NAMES = ("train", "valid", "test", "rejected", "dataset.json", "graph_schema.pbtxt")
+OUTPUT_NAMES = ("train", "valid", "test", "rejected", "dataset.json", SCHEMA_FILE)
 DEFAULT_FANOUTS = {EDGE_FOLLOWS: (32, 8), EDGE_LIKES: (16, 4), EDGE_LIKED_BY: (0, 8)}
 
 
@@ -197,30 +189,6 @@ def parse_fanouts(specs: Sequence[str], hops: int) -> dict[str, tuple[int, ...]]
             raise common.PipelineInputError(f"--fanout {spec!r}: at most {hops} non-negative sizes (--hops {hops})")
         fanouts[name] = sizes + (0,) * (hops - len(sizes))
     return fanouts
-
-
-# --------------------------------------------------------------------------- schema and sampling spec
-def graph_schema(num_classes: int, label_hints: bool):
-    """The GraphSchema of the sampled subgraphs (also the sampler's input schema)."""
-    import tensorflow_gnn as tfgnn
-
-    schema = tfgnn.GraphSchema()
-    schema.context.features[LABEL].dtype = 9  # DT_INT64
-    schema.context.features[LABEL].description = f"class of the root user, 0..{num_classes - 1}"
-    schema.context.features[ROOT_ID].dtype = 7  # DT_STRING
-    schema.context.features[ROOT_ID].description = "id of the root (seed) user; node 0 of the user node set"
-    for node_set in (NODE_USER, NODE_ARTIST):
-        schema.node_sets[node_set].features["#id"].dtype = 7
-    if label_hints:
-        hint = schema.node_sets[NODE_USER].features[LABEL_HINT]
-        hint.dtype = 9
-        hint.description = f"class of train users; {num_classes} (unknown) for other users and the root itself"
-    for name, (source, target) in EDGE_SETS.items():
-        schema.edge_sets[name].source = source
-        schema.edge_sets[name].target = target
-    schema.node_sets[NODE_USER].description = "LastFM users; the root is node 0"
-    schema.node_sets[NODE_ARTIST].description = "artists liked by users (empty without --features)"
-    return schema
 
 
 # --------------------------------------------------------------------------- transforms
@@ -487,7 +455,7 @@ def subgraph_example(
     f[f"context/{ROOT_ID}"].bytes_list.value.append(root.encode())
     for node_set, ids in subgraph["nodes"].items():
         f[f"nodes/{node_set}.#size"].int64_list.value.append(len(ids))
-        f[f"nodes/{node_set}.#id"].bytes_list.value.extend(i.encode() for i in ids)
+        f[f"nodes/{node_set}.{ID}"].bytes_list.value.extend(i.encode() for i in ids)
     if train_labels is not None:
         f[f"nodes/{NODE_USER}.{LABEL_HINT}"].int64_list.value.extend(
             num_classes if u == root else train_labels.get(u, num_classes) for u in subgraph["nodes"][NODE_USER]
@@ -644,7 +612,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     counts = common.read_counters(result)
     from google.protobuf import text_format
 
-    common.write_text(common.join_path(output, "graph_schema.pbtxt"), text_format.MessageToString(schema))
+    common.write_text(common.join_path(output, SCHEMA_FILE), text_format.MessageToString(schema))
     summary = summarize(args, fractions, fanouts, edges, targets, features, counts, label_hints, time.time() - started)
     if not summary["accounting"]["balanced"]:
         raise common.PipelineInputError(f"rows do not add up: {json.dumps(summary['accounting'])}")

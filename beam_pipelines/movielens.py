@@ -47,7 +47,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.pvalue import TaggedOutput
 
 from beam_pipelines import common
-from beam_pipelines import features as F
+from schemas import ratings as F
 
 FORMATS = ("tab", "dat", "csv", "ncf")
 DELIMITERS = {"tab": "\t", "ncf": "\t", "dat": "::", "csv": ","}

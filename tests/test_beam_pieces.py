@@ -4,7 +4,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines import common
-from beam_pipelines import features as F
+from schemas import ratings as F
 from beam_pipelines import movielens as ml
 
 

@@ -2,7 +2,7 @@
 
 Nothing here talks to Google Cloud: every run is a --dry-run, fails before
 sending, or (build-image) runs a fake gcloud. The printed JSON is parsed back
-with the aiplatform_v1 types. The training container (tools/container) cannot
+with the aiplatform_v1 types. The training container (cloud/container) cannot
 be built here (no Docker Hub, no Docker daemon); its files are checked as text.
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools import vertex
+from cloud import vertex
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "run-cloud.sh"
 SUBCOMMANDS = ["local", "test", "preprocess", "build-image", "train", "tune", "deploy", "predict"]
-CONTAINER = REPO / "tools" / "container"
+CONTAINER = REPO / "cloud" / "container"
 IMAGE = "europe-west4-docker.pkg.dev/test-project/recsys/trainer:test"
 
 
@@ -308,9 +308,9 @@ def test_build_image_dry_run_prints_gcloud_builds_submit():
     assert argv[:3] == ["gcloud", "builds", "submit"] and argv[-1] == "."
     flags = dict(zip(argv[3:-1:2], argv[4:-1:2]))
     assert flags == {
-        "--config": "tools/container/cloudbuild.yaml",
+        "--config": "cloud/container/cloudbuild.yaml",
         "--substitutions": "_IMAGE=us-central1-docker.pkg.dev/test-project/recsys/trainer:v1",
-        "--ignore-file": "tools/container/gcloudignore",
+        "--ignore-file": "cloud/container/gcloudignore",
         "--project": "test-project",
     }
     assert (REPO / flags["--config"]).is_file() and (REPO / flags["--ignore-file"]).is_file()
@@ -336,13 +336,13 @@ def test_build_image_runs_gcloud_from_the_repo_root(tmp_path):
     assert result.returncode == 0, result.stderr
     cwd, *argv = record.read_text().splitlines()
     assert Path(cwd) == REPO
-    assert argv == ["builds", "submit", "--config", "tools/container/cloudbuild.yaml", "--substitutions",
-                    f"_IMAGE={IMAGE}", "--ignore-file", "tools/container/gcloudignore", "--project", "test-project", "."]
+    assert argv == ["builds", "submit", "--config", "cloud/container/cloudbuild.yaml", "--substitutions",
+                    f"_IMAGE={IMAGE}", "--ignore-file", "cloud/container/gcloudignore", "--project", "test-project", "."]
     assert f"pushed {IMAGE}" in result.stderr
 
 
 def _dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of tools/container/Dockerfile, continuation lines joined."""
+    """(INSTRUCTION, arguments) of cloud/container/Dockerfile, continuation lines joined."""
     text = re.sub(r"\\\n", " ", (CONTAINER / "Dockerfile").read_text())
     lines = [line.strip() for line in text.splitlines()]
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines if line and not line.startswith("#")]
@@ -373,7 +373,8 @@ def test_dockerfile_copies_every_package_of_setup_py(monkeypatch):
 
     setup = _setup_kwargs(monkeypatch)
     top_level = {name.split(".")[0] for name in setup["packages"]}
-    assert {"beam_pipelines", "trainer", "tools"} <= top_level
+    assert {"beam_pipelines", "schemas", "trainer", "cloud"} <= top_level
+    assert "tools" not in top_level  # developer scripts, not installed
     sources = _copy_sources()
     if "." not in sources:  # the whole context would hold every package
         assert top_level <= set(sources), f"not copied into the image: {sorted(top_level - set(sources))}"
@@ -395,7 +396,7 @@ def test_cloudbuild_builds_the_dockerfile_and_pushes_the_image():
     (step,) = build["steps"]
     args = step["args"]
     assert step["name"] == "gcr.io/cloud-builders/docker" and args[0] == "build" and args[-1] == "."
-    assert args[args.index("-f") + 1] == "tools/container/Dockerfile"
+    assert args[args.index("-f") + 1] == "cloud/container/Dockerfile"
     assert args[args.index("-t") + 1] == "${_IMAGE}"
     assert build["images"] == ["${_IMAGE}"] and "_IMAGE" not in build.get("substitutions", {})
     (base_arg,) = [rest for i, rest in _dockerfile() if i == "ARG" and rest.startswith("BASE_IMAGE=")]
@@ -416,7 +417,7 @@ def test_build_upload_is_an_allow_list_of_what_the_dockerfile_copies():
     script = (
         f"import sys; sys.path[:0] = [{str(sdk_lib)!r}, {str(sdk_lib / 'third_party')!r}]\n"
         "from googlecloudsdk.command_lib.util import gcloudignore\n"
-        "chooser = gcloudignore.GetFileChooserForDir('.', ignore_file='tools/container/gcloudignore', write_on_disk=False)\n"
+        "chooser = gcloudignore.GetFileChooserForDir('.', ignore_file='cloud/container/gcloudignore', write_on_disk=False)\n"
         "print('\\n'.join(chooser.GetIncludedFiles('.', include_dirs=False)))\n"
     )
     listed = subprocess.run([sys.executable, "-I", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)

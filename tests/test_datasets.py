@@ -1,4 +1,4 @@
-"""tools.datasets: registry, mirror folders, zip verification/extraction, offline and unsafe cases."""
+"""rawdata.registry: registry, mirror folders, zip verification/extraction, offline and unsafe cases."""
 import dataclasses
 import functools
 import hashlib
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import datasets
+from rawdata import registry as datasets
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAKE_RATINGS = b"1\t10\t5\t881250949\n2\t20\t3\t891717742\n"

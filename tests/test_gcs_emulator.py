@@ -162,7 +162,7 @@ def test_pipeline_reads_gs_inputs_and_beam_writes_gs_shards(client, emulator, tm
 
 
 def test_lastfm_pipeline_runs_from_gs_to_gs(client, emulator, tmp_path):
-    from tools import synth
+    from rawdata import synth
 
     num_users = 60
     graph = synth.generate_lastfm(num_users, seed=5, num_classes=4, avg_likes=4)

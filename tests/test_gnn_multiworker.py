@@ -29,7 +29,7 @@ ONE_PROCESS = ["--set", "train.batch_size=64"]
 def lastfm_data(tmp_path_factory):
     """2000 users in 3 countries (1600/201/199 examples), weakly homophilous: accuracy ~0.73, majority 0.528."""
     from beam_pipelines import lastfm
-    from tools import synth
+    from rawdata import synth
 
     root = tmp_path_factory.mktemp("gnn-mw")
     paths = synth.write_lastfm(synth.generate_lastfm(2000, seed=1, num_classes=3, avg_likes=5, follow_homophily=0.35,

@@ -63,7 +63,7 @@ def test_trainer_task_config_errors_are_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     from beam_pipelines import lastfm
-    from tools import synth
+    from rawdata import synth
 
     work = tmp_path_factory.mktemp("gnn")
     paths = synth.write_lastfm(synth.generate_lastfm(300, seed=1, num_classes=3, avg_likes=5,
@@ -220,7 +220,7 @@ def test_real_lastfm_end_to_end(tmp_path):
 def test_ablation_each_edge_type_contributes(tmp_path):
     """On generated data where follows and likes both carry the class, dropping either one costs accuracy."""
     from beam_pipelines import lastfm
-    from tools import synth
+    from rawdata import synth
 
     paths = synth.write_lastfm(synth.generate_lastfm(1000, seed=1, num_classes=4, avg_likes=8,
                                                      follow_homophily=0.5, like_homophily=0.5), str(tmp_path))

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from tools import lastfm_label_propagation as lp
-from tools import synth
+from baselines import lastfm_label_propagation as lp
+from rawdata import synth
 
 from tests.conftest import shared_file
 

@@ -82,7 +82,7 @@ def test_subgraph_example_never_carries_the_root_label():
 # --------------------------------------------------------------------------- run(argv)
 @pytest.fixture(scope="module")
 def tiny_output(tmp_path_factory) -> tuple[Path, dict]:
-    from tools import synth
+    from rawdata import synth
 
     work = tmp_path_factory.mktemp("lastfm")
     graph = synth.generate_lastfm(120, seed=3, num_classes=4, avg_likes=4)

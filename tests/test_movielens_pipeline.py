@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from beam_pipelines import common
-from beam_pipelines import features as F
+from schemas import ratings as F
 from beam_pipelines import movielens as ml
 from tests.conftest import read_examples, read_records
-from tools import synth
+from rawdata import synth
 
 BEAM_FLAGS = ["--runner=DirectRunner"]
 
@@ -51,7 +51,7 @@ def _rows(data: synth.SyntheticRatings, user_offset: int = 0) -> list[tuple[int,
 
 
 def _write(rows, path: Path, fmt: str, **knobs) -> tuple[synth.WriteReport, list[Row]]:
-    """Writes a fixture with tools.synth and returns the data rows with their line numbers."""
+    """Writes a fixture with rawdata.synth and returns the data rows with their line numbers."""
     report = synth.write_ratings(rows, str(path), fmt, **knobs)
     skipped = set(report.malformed_lines) | set(range(1, report.header_lines + 1))
     skipped |= set(range(report.total_lines - report.blank_lines + 1, report.total_lines + 1))

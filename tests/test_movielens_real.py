@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from beam_pipelines import features as F
+from schemas import ratings as F
 from beam_pipelines import movielens as ml
 from tests.conftest import shared_file
 

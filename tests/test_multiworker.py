@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import two_taste_ratings
-from tools import launch_local
+from trainer import launch_local
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -119,7 +119,7 @@ def run_module(processes, module: str, args, env, timeout):
 
 
 def _run_launcher(processes, args, env, timeout):
-    return run_module(processes, "tools.launch_local", args, env, timeout)
+    return run_module(processes, "trainer.launch_local", args, env, timeout)
 
 
 # --- the launcher itself, with stand-in tasks (no TensorFlow) -------------------------------
@@ -282,7 +282,7 @@ def test_killed_worker_fails_the_job_and_a_relaunch_resumes(shards, two_workers,
     args = ["--workers", "2", "--timeout", "200", "--grace", "3", "--",
             "--data", str(shards / "data"), "--job-dir", str(job), *COMMON, *PER_REPLICA]
 
-    first = processes.start([PYTHON, "-m", "tools.launch_local", *args], env=env,
+    first = processes.start([PYTHON, "-m", "trainer.launch_local", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = Output(first)
     worker_pid = int(out.wait_for(r"worker:0 pid (\d+)", 60).group(1))

@@ -4,7 +4,7 @@ import glob
 import pytest
 
 from beam_pipelines import movielens as ml
-from tools import ncf_rebuild
+from rawdata import ncf_rebuild
 
 
 def test_parse_negative_line():

@@ -88,7 +88,7 @@ def test_models_learn_the_planted_groups(tiny):
 def test_sampled_negatives_are_never_train_items(tiny):
     import tensorflow as tf
 
-    from beam_pipelines import features as F
+    from schemas import ratings as F
     from trainer import data, ranking
 
     info = data.load_data_info(str(tiny["data"]))
@@ -113,7 +113,7 @@ def test_sampled_negatives_are_never_train_items(tiny):
 def test_sampler_with_crowded_and_full_users():
     import tensorflow as tf
 
-    from beam_pipelines import features as F
+    from schemas import ratings as F
     from trainer import ranking
 
     num_items = 20
@@ -181,7 +181,7 @@ def test_neumf_starts_from_pretrained_gmf_and_mlp(fitted, tiny):
 
 
 def test_leaderboard_table(fitted, tiny, tmp_path):
-    from tools import leaderboard
+    from workflows import leaderboard
 
     rows = leaderboard.run_board(
         str(tiny["data"]), str(tmp_path / "board"),
@@ -196,7 +196,7 @@ def test_leaderboard_table(fitted, tiny, tmp_path):
 
 
 def test_leaderboard_entry_overrides_split_only_before_keys():
-    from tools import leaderboard
+    from workflows import leaderboard
 
     assert leaderboard.parse_entry("c.yaml@hparams.layers=[8,4],train.epochs=3") == (
         "c.yaml", ["hparams.layers=[8,4]", "train.epochs=3"]

@@ -1,4 +1,4 @@
-"""tools.synth: generated ratings (shape, determinism, planted learnable structure) and
+"""rawdata.synth: generated ratings (shape, determinism, planted learnable structure) and
 the raw-format writers (each format, corruption knobs, CLI)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from beam_pipelines import common
 from beam_pipelines import movielens as ml
-from tools import synth
+from rawdata import synth
 
 
 @pytest.fixture(scope="module")

@@ -173,7 +173,7 @@ def test_bayesian_mf_learns_and_serves_raw_ids(bayesian, tiny):
 def test_exported_bayesian_mf_is_the_mean_over_kept_samples():
     import tensorflow as tf
 
-    from beam_pipelines import features as F
+    from schemas import ratings as F
     from trainer.models import bayesian_mf, mf
 
     rng = np.random.default_rng(0)

@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.generated:
         path = args.work / f"generated-{args.generated}.tsv"
         started = time.time()
-        from tools import synth
+        from rawdata import synth
 
         synth.main(["movielens", "--num-ratings", str(args.generated), "--format", "tab", "--output", str(path), "--seed", "0"])
         print(f"benchmark: generated {args.generated} ratings in {time.time() - started:.1f} s", file=sys.stderr)

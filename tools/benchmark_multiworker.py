@@ -10,7 +10,7 @@ and prints examples/s and time per step for each. The per-step collective cost
 is ``step(N workers, G/N) - step(1 process, G/N)``: same compute per step, plus
 the all-reduce and the cross-process synchronisation (on one machine it also
 includes the workers competing for the same cores). Each run is a child process
-(``trainer.task``, or ``tools.launch_local`` for N > 1); times come from each
+(``trainer.task``, or ``trainer.launch_local`` for N > 1); times come from each
 run's metrics.json (fit wall time over epochs x steps, so the first epoch's
 tracing is included: use several epochs).
 
@@ -65,7 +65,7 @@ def run_trainer(data: Path, job: Path, workers: int, per_replica_batch: int, epo
         "--set", "train.validate_every_epoch=false", "--set", "train.lr_schedule=constant",
     ]
     if workers > 1:
-        argv = [sys.executable, "-m", "tools.launch_local", "--workers", str(workers), "--timeout", str(timeout),
+        argv = [sys.executable, "-m", "trainer.launch_local", "--workers", str(workers), "--timeout", str(timeout),
                 "--", *trainer_args]
     else:
         argv = [sys.executable, "-m", "trainer.task", *trainer_args]

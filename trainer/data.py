@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from beam_pipelines import features as F
+from schemas import ratings as F
 
 
 class DataError(ValueError):

@@ -1,6 +1,6 @@
 """Strategy selection from ``TF_CONFIG`` and the lead-worker rule.
 
-Vertex AI (and ``tools/launch_local.py``) describe a multi-worker job with
+Vertex AI (and ``trainer/launch_local.py``) describe a multi-worker job with
 ``TF_CONFIG = {"cluster": {"chief": [...], "worker": [...]}, "task": {...}}``.
 One task -> the default strategy; several -> MultiWorkerMirroredStrategy. The
 lead is ``chief:0``, or ``worker:0`` when there is no chief; only the lead writes

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import features as F
+from schemas import ratings as F
 from trainer import config as config_lib
 from trainer import data, distribute, export, metrics, models, plots, ranking
 

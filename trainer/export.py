@@ -13,7 +13,7 @@ import tempfile
 
 import tensorflow as tf
 
-from beam_pipelines import features as F
+from schemas import ratings as F
 
 
 class RatingServer(tf.Module):

@@ -16,6 +16,8 @@ from typing import Sequence
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+from schemas import lastfm as schema  # noqa: E402
+
 
 def find_subgraph(data: str, user_id: str) -> tuple[str, bytes, int] | None:
     """(split, serialized example, label) of ``user_id``'s subgraph, or None."""
@@ -25,8 +27,8 @@ def find_subgraph(data: str, user_id: str) -> tuple[str, bytes, int] | None:
         files = sorted(tf.io.gfile.glob(os.path.join(data, split, "part-*.tfrecord.gz")))
         for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
             example = tf.train.Example.FromString(record.numpy())
-            if example.features.feature["context/root_id"].bytes_list.value[0].decode() == user_id:
-                return split, record.numpy(), int(example.features.feature["context/label"].int64_list.value[0])
+            if example.features.feature[schema.CONTEXT_ROOT_ID_KEY].bytes_list.value[0].decode() == user_id:
+                return split, record.numpy(), int(example.features.feature[schema.CONTEXT_LABEL_KEY].int64_list.value[0])
     return None
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import features as F
+from schemas import ratings as F
 
 # Trainer-side features added by the sampler (not pipeline features).
 SAMPLED_NEGATIVES = "sampled_negative_index"

@@ -5,7 +5,7 @@ Usage::
     python -m trainer.task --config configs/movielens_mf.yaml --data OUT --job-dir JOB \\
         [--set train.epochs=3 --set hparams.embedding_dim=32]
 
-    python -m trainer.task --local-workers 2 ...    # 1 chief + 1 worker on 127.0.0.1 (tools.launch_local)
+    python -m trainer.task --local-workers 2 ...    # 1 chief + 1 worker on 127.0.0.1 (trainer.launch_local)
 
     python -m trainer.task --config configs/lastfm_hetero_gnn.yaml --data LASTFM_OUT --job-dir JOB
 
@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="INFO logging")
     parser.add_argument(
         "--local-workers", type=int, default=0, metavar="N",
-        help="run N local processes (1 chief + N-1 workers on 127.0.0.1) via tools.launch_local; needs >= N shards",
+        help="run N local processes (1 chief + N-1 workers on 127.0.0.1) via trainer.launch_local; needs >= N shards",
     )
     parser.add_argument(
         "--hypertune-metric", default=None, metavar="TAG",
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("TF_CONFIG"):
             print("trainer: error: --local-workers starts its own cluster; unset TF_CONFIG", file=sys.stderr)
             return 2
-        from tools import launch_local
+        from trainer import launch_local
 
         raw = list(sys.argv[1:] if argv is None else argv)
         return launch_local.launch(_strip_local_workers(raw), args.local_workers)

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines import features as F
+from schemas import ratings as F
 from trainer.models import mf
 
 REQUIRED_FEATURES = mf.REQUIRED_FEATURES

@@ -23,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-USER = "user"
-ARTIST = "artist"
-EDGE_SETS = ("follows", "likes", "liked_by")
-# edge set -> node set that receives its messages (the edge's source, see module doc)
-RECEIVER = {"follows": USER, "likes": USER, "liked_by": ARTIST}
-LABEL_HINT = "label_hint"
+from schemas import lastfm as schema
+
+USER = schema.NODE_USER
+ARTIST = schema.NODE_ARTIST
+EDGE_SETS = tuple(schema.EDGE_SETS)
+RECEIVER = schema.RECEIVER
+LABEL_HINT = schema.LABEL_HINT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,16 +122,16 @@ def build_model(config: Config, graph_spec, num_classes: int):
         parts = []
         if node_set_name == USER:
             if config.use_ids:
-                parts.append(user_ids(node_set["#id"]))
+                parts.append(user_ids(node_set[schema.ID]))
             if has_hints:
                 parts.append(hint_embedding(node_set[LABEL_HINT]))
             if not parts:  # structure only: a constant state
-                parts.append(tf.ones_like(tf.strings.to_number(node_set["#id"], tf.float32))[:, None])
+                parts.append(tf.ones_like(tf.strings.to_number(node_set[schema.ID], tf.float32))[:, None])
             return user_project(tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0])
         if node_set_name == ARTIST:
             if config.use_ids:
-                return artist_project(artist_ids(node_set["#id"]))
-            return artist_project(tf.ones_like(tf.strings.to_number(node_set["#id"], tf.float32))[:, None])
+                return artist_project(artist_ids(node_set[schema.ID]))
+            return artist_project(tf.ones_like(tf.strings.to_number(node_set[schema.ID], tf.float32))[:, None])
         return None
 
     def convolution(edge_set: str):

@@ -18,7 +18,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from beam_pipelines import features as F
+from schemas import ratings as F
 
 REQUIRED_FEATURES = (F.USER_INDEX, F.ITEM_INDEX, F.RATING)
 

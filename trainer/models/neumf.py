@@ -3,7 +3,7 @@
 A GMF branch and an MLP branch with their own embeddings; their last layers are
 concatenated into one logit layer. With ``pretrained_gmf_dir`` and
 ``pretrained_mlp_dir`` (finished GMF and MLP jobs, e.g. from
-``python -m tools.ncf_pretrain``) both branches start from those models and the
+``python -m workflows.ncf_pretrain``) both branches start from those models and the
 logit layer from ``[alpha * h_gmf, (1 - alpha) * h_mlp]`` (paper eq. 13, alpha 0.5).
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from beam_pipelines import features as F
+from schemas import ratings as F
 from trainer import ranking
 
 REQUIRED_FEATURES = (F.USER_INDEX, F.ITEM_INDEX, F.NEGATIVE_ITEM_INDEX)

@@ -12,14 +12,14 @@ Settings come from ``configs/cloud.yaml`` with environment overrides
 
 Training runs in one of two modes (``train_mode`` in the settings, or ``--container-image`` /
 ``--python-package``): ``container`` (default) runs our own image, built from
-``tools/container/Dockerfile`` by ``build-image``, through a ``containerSpec``; ``python_package``
+``cloud/container/Dockerfile`` by ``build-image``, through a ``containerSpec``; ``python_package``
 uploads an sdist and runs it in a Vertex prebuilt training image (``pythonPackageSpec``), which
 only installs where the image's Python matches ``python_requires`` (3.11; Vertex ships 3.10).
 
 Usage (normally through ``./run-cloud.sh``)::
 
-    python -m tools.vertex build-image --tag us-central1-docker.pkg.dev/P/recsys/trainer:latest --dry-run
-    python -m tools.vertex train configs/movielens_mf.yaml --data gs://B/data/ml-100k --workers 4 --dry-run
+    python -m cloud.vertex build-image --tag us-central1-docker.pkg.dev/P/recsys/trainer:latest --dry-run
+    python -m cloud.vertex train configs/movielens_mf.yaml --data gs://B/data/ml-100k --workers 4 --dry-run
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ PLACEHOLDER = re.compile(r"^(changeme|todo)?$|(^|[/:.@])your[-_]", re.I)
 TRAINER_MODULE = "trainer.task"
 TRAIN_MODES = ("container", "python_package")
 DEFAULT_TRAIN_MODE = "container"
-CONTAINER_DIR = "tools/container"  # Dockerfile, cloudbuild.yaml, gcloudignore (paths relative to REPO)
+CONTAINER_DIR = "cloud/container"  # Dockerfile, cloudbuild.yaml, gcloudignore (paths relative to REPO)
 SDIST = "<sdist of setup.py>"  # stands for the archive build_sdist makes at submission time
 
 
@@ -218,7 +218,7 @@ def custom_job_spec(
     """Pool 0: the chief (1 replica); pool 1: ``workers - 1`` workers; same program and args.
 
     The program is our container (``container_image``: a ``containerSpec`` whose entry point
-    is ``python -m trainer.task``, see tools/container/Dockerfile) or, without it, the sdist
+    is ``python -m trainer.task``, see cloud/container/Dockerfile) or, without it, the sdist
     at ``package_uri`` run by the prebuilt image ``images.train`` (``pythonPackageSpec``).
     ``base_output_directory`` makes Vertex set ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR``
     and ``AIP_TENSORBOARD_LOG_DIR`` for the trainer, and ``TF_CONFIG`` names the
@@ -328,9 +328,9 @@ def image_to_build(settings: Mapping[str, Any], tag: str | None = None) -> str:
 
 
 def build_image_command(settings: Mapping[str, Any], image: str, gcloud: str = "gcloud") -> list[str]:
-    """``gcloud builds submit`` of tools/container (run from the repo root, which is the context).
+    """``gcloud builds submit`` of cloud/container (run from the repo root, which is the context).
 
-    ``--ignore-file`` is tools/container/gcloudignore, an allow list of what the Dockerfile
+    ``--ignore-file`` is cloud/container/gcloudignore, an allow list of what the Dockerfile
     copies, so .venv, runs/, data/ and .git are not uploaded.
     """
     require(settings, "project")
@@ -486,7 +486,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tools.vertex", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cloud.vertex", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("preprocess", help="run a Beam pipeline on Dataflow")
@@ -498,8 +498,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "build-image", help="build the training container with Cloud Build and push it",
-        description="gcloud builds submit --config tools/container/cloudbuild.yaml from the repo root: "
-                    "builds tools/container/Dockerfile and pushes it to the tag.",
+        description="gcloud builds submit --config cloud/container/cloudbuild.yaml from the repo root: "
+                    "builds cloud/container/Dockerfile and pushes it to the tag.",
     )
     p.add_argument("--tag", metavar="URI", help="image to push (default: images.train_container / $VERTEX_TRAIN_CONTAINER)")
     _common(p)

@@ -23,9 +23,9 @@ idempotent: a dataset already fetched and still matching its checksums is left a
 
 Usage::
 
-    python -m tools.datasets list
-    python -m tools.datasets fetch ml-100k --dest DIR [--mirror DIR_OR_URL]
-    python -m tools.datasets fetch ncf --dest DIR --file ml-1m.test.rating --file ml-1m.test.negative
+    python -m rawdata.registry list
+    python -m rawdata.registry fetch ml-100k --dest DIR [--mirror DIR_OR_URL]
+    python -m rawdata.registry fetch ncf --dest DIR --file ml-1m.test.rating --file ml-1m.test.negative
 
 ``fetch`` prints progress on stderr and the fetched path (the ratings file; for a file set,
 its folder) as the last line of stdout.
@@ -735,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Process exit code: 0 on success, 1 on a dataset error (one line on stderr).
     """
-    parser = argparse.ArgumentParser(prog="python -m tools.datasets", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rawdata.registry", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="show the registry")
     fetch_parser = commands.add_parser("fetch", help="download (or copy from a mirror), verify and extract")

@@ -7,7 +7,7 @@ written as JSON.
 
 Usage::
 
-    python -m tools.sweep --config configs/movielens_mf.yaml --data VAL_OUT --job-root /tmp/sweep \\
+    python -m workflows.sweep --config configs/movielens_mf.yaml --data VAL_OUT --job-root /tmp/sweep \\
         --grid hparams.l2_embedding=0.02,0.05 --grid train.learning_rate=0.001,0.002 [--metric rmse]
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def parse_grid(specs: Sequence[str]) -> list[tuple[str, list[str]]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m workflows.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--data", required=True, help="a validation pipeline output (not the test split)")
     parser.add_argument("--job-root", required=True)

@@ -14,7 +14,7 @@ share ``--job-dir``; only the chief keeps an export (``trainer/export.py``).
 
 Usage::
 
-    python -m tools.launch_local --workers 2 [--timeout 3600] -- \\
+    python -m trainer.launch_local --workers 2 [--timeout 3600] -- \\
         --config configs/movielens_mf.yaml --data OUT --job-dir JOB
     python -m trainer.task --local-workers 2 --config ... --data OUT --job-dir JOB   # same thing
 
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         own, trainer_args = argv[:split], argv[split + 1:]
     else:
         own, trainer_args = argv, []
-    parser = argparse.ArgumentParser(prog="python -m tools.launch_local", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m trainer.launch_local", description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, required=True, help="number of tasks: 1 chief + N-1 workers")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole job (then SIGKILL)")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds for every task to open its port")

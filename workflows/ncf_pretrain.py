@@ -2,9 +2,9 @@
 
 He et al. 2017 (sec. 3.4.1): train GMF and MLP to convergence, then start NeuMF
 from their weights with the logit layer ``[alpha * h_gmf, (1 - alpha) * h_mlp]``.
-Prints and writes the same table as ``tools.leaderboard``::
+Prints and writes the same table as ``workflows.leaderboard``::
 
-    python -m tools.ncf_pretrain --data /tmp/ml100k_loo --job-root /tmp/ncf [--set k=v] \\
+    python -m workflows.ncf_pretrain --data /tmp/ml100k_loo --job-root /tmp/ncf [--set k=v] \\
         [--gmf-config configs/movielens_gmf.yaml] [--mlp-config ...] [--neumf-config ...]
 
 Per-stage overrides: ``--gmf-config configs/movielens_gmf.yaml@train.epochs=5``.
@@ -15,11 +15,11 @@ import argparse
 import sys
 from typing import Sequence
 
-from tools import leaderboard
+from workflows import leaderboard
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.ncf_pretrain", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m workflows.ncf_pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--job-root", required=True)
     parser.add_argument("--gmf-config", default="configs/movielens_gmf.yaml")

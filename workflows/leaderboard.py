@@ -7,11 +7,11 @@ every eval metric, train seconds, train examples/s) is printed and written to
 ``--pretrained-neumf CONFIG`` runs a NeuMF config after all ``--config`` entries,
 initialised from the last GMF and last MLP job of the board
 (``pretrained_gmf_dir`` / ``pretrained_mlp_dir``, He et al. 2017's pre-training);
-``python -m tools.ncf_pretrain`` is GMF + MLP + pre-trained NeuMF in one command.
+``python -m workflows.ncf_pretrain`` is GMF + MLP + pre-trained NeuMF in one command.
 
 Usage::
 
-    python -m tools.leaderboard --data /tmp/ml100k_loo --job-root /tmp/board \\
+    python -m workflows.leaderboard --data /tmp/ml100k_loo --job-root /tmp/board \\
         --config configs/movielens_gmf.yaml --config configs/movielens_mlp.yaml \\
         --config configs/movielens_neumf.yaml --config configs/movielens_bpr.yaml \
         [--pretrained-neumf configs/movielens_neumf_pretrained.yaml] [--set k=v]
@@ -96,7 +96,7 @@ def run_board(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.leaderboard", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m workflows.leaderboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="one pipeline output shared by every config")
     parser.add_argument("--job-root", required=True)
     parser.add_argument("--config", action="append", required=True, help="a config YAML, optionally @k=v,k=v")

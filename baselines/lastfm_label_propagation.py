@@ -1,6 +1,6 @@
 """Label propagation baseline on the LastFM Asia graph, on the pipeline's own splits.
 
-``python -m tools.lastfm_label_propagation --edges E.csv --targets T.csv [--seeds 0,1,2,3,4]``
+``python -m baselines.lastfm_label_propagation --edges E.csv --targets T.csv [--seeds 0,1,2,3,4]``
 
 For each seed, users are split exactly as ``beam_pipelines.lastfm`` splits them
 (``stratified_split``, 80/10/10 by default); train labels are propagated over
@@ -128,7 +128,7 @@ def evaluate(users, labels, edges, seed: int, fractions, num_classes: int, alpha
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.lastfm_label_propagation", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m baselines.lastfm_label_propagation", description=__doc__.splitlines()[0])
     parser.add_argument("--edges", required=True)
     parser.add_argument("--targets", required=True)
     parser.add_argument("--seeds", default="0", help="comma-separated split seeds")

@@ -2,7 +2,7 @@
 
 This module owns generating fake-but-learnable raw input for tests and benchmarks.
 It does not parse or transform data (that is ``beam_pipelines``) and it does not
-download anything (that is ``tools.datasets``).
+download anything (that is ``rawdata.registry``).
 
 MovieLens (``movielens`` subcommand): every user and item gets a rank-``k`` latent
 factor and a bias; item popularity is Zipf-like, per-user rating counts are heavy
@@ -19,10 +19,10 @@ generated and written in a few seconds.
 
 Usage::
 
-    python -m tools.synth movielens --num-ratings 1000000 [--num-users U] [--num-items I] \\
+    python -m rawdata.synth movielens --num-ratings 1000000 [--num-users U] [--num-items I] \\
         --format tab|dat|csv|ncf --output FILE [--seed 0] [--rank 8] [--noise 0.5]
 
-    python -m tools.synth lastfm --num-users 5000 --output DIR [--seed 0] \\
+    python -m rawdata.synth lastfm --num-users 5000 --output DIR [--seed 0] \\
         [--follow-homophily 0.55] [--like-homophily 0.45]   # DIR/{edges.csv,target.csv,features.json}
 
 LastFM (``lastfm`` subcommand): Zipf-sized countries; friendships and liked
@@ -651,7 +651,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.synth", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rawdata.synth", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="dataset", required=True)
     for name, (add_arguments, _) in COMMANDS.items():
         add_arguments(commands.add_parser(name, help=f"synthetic {name} data"))
@@ -659,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(COMMANDS[args.dataset][1](args))
     except ValueError as error:
-        print(f"tools.synth: error: {error}", file=sys.stderr)
+        print(f"rawdata.synth: error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -10,7 +10,7 @@ user is dropped, and the test files are cut to the same users.
 
 Usage::
 
-    python -m tools.ncf_rebuild --ratings ../shared/data/ml-1m-partial/ratings.dat.prefix.gz \\
+    python -m rawdata.ncf_rebuild --ratings ../shared/data/ml-1m-partial/ratings.dat.prefix.gz \\
         --test-rating ../shared/data/ncf/ml-1m.test.rating --test-negative ../shared/data/ncf/ml-1m.test.negative \\
         --last-complete-user 2998 --output /tmp/ncf-ml-1m
 """
@@ -64,7 +64,7 @@ def rebuild(ratings_path: str, test_rating_path: str, last_complete_user: int | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.ncf_rebuild", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rawdata.ncf_rebuild", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratings", required=True, help="ratings.dat (or a gzip of a prefix of it)")
     parser.add_argument("--test-rating", required=True)
     parser.add_argument("--test-negative", required=True)

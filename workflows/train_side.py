@@ -4,7 +4,7 @@ Used to carve a validation split out of the TRAINING side only: rerun the
 pipeline on this file (e.g. ``--split leave_one_out``, which then holds out each
 user's latest *train* interaction) and tune on that, never on the test candidates::
 
-    python -m tools.train_side --data /tmp/ml100k_loo --output /tmp/ml100k_trainside.tsv
+    python -m workflows.train_side --data /tmp/ml100k_loo --output /tmp/ml100k_trainside.tsv
     python -m beam_pipelines.movielens --input /tmp/ml100k_trainside.tsv --format tab \\
         --split leave_one_out --num-negatives 99 --output /tmp/ml100k_val
 """
@@ -18,14 +18,14 @@ import trainer  # noqa: F401  (Keras 2 before TensorFlow)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.train_side", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m workflows.train_side", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="a pipeline output directory")
     parser.add_argument("--output", required=True, help="the tab-separated file to write (local or gs://)")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
 
-    from beam_pipelines import features as F
+    from schemas import ratings as F
     from trainer import data
 
     info = data.load_data_info(args.data)

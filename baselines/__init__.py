@@ -1,0 +1,1 @@
+"""Baselines that the trained models are compared against, on the pipelines' own splits."""

@@ -1,0 +1,1 @@
+"""Workflows over ``trainer.experiment.run``: sweeps, the leaderboard, NCF pre-training."""

@@ -4,7 +4,7 @@
 #
 #   ./run-cloud.sh local [options]   pipeline + training on ML-100K, locally
 #   ./run-cloud.sh test [pytest args] the test suite (what .ci/run calls)
-#   ./run-cloud.sh preprocess|build-image|train|tune|deploy|predict ... [--dry-run]
+#   ./run-cloud.sh preprocess|build-image|train|tune|deploy|predict|cleanup ... [--dry-run]
 #                                     Dataflow, Cloud Build and Vertex AI (settings: configs/cloud.yaml)
 #
 # Every subcommand takes --help.
@@ -22,17 +22,18 @@ subcommands:
   local       run the MovieLens pipeline and MF training on this machine
   test        run the test suite (creates or reuses .venv)
   preprocess  run a Beam pipeline on Dataflow
-  build-image build the training container (cloud/container) with Cloud Build and push it
-  train       train on Vertex AI (CustomJob: 1 chief + N-1 workers)
+  build-image build the training (or, --serving, the serving) container with Cloud Build and push it
+  train       train on Vertex AI (CustomJob: 1 chief + N-1 workers), or --local: the same here
   tune        hyperparameter tuning on Vertex AI (HyperparameterTuningJob)
   deploy      upload a job's SavedModel as a Vertex Model and deploy it to an endpoint
   predict     send raw (user_id, item_id) instances to an endpoint
+  cleanup     delete the endpoints, models and jobs this project created (label app=recsys-pipelines)
 
 Cloud subcommands read configs/cloud.yaml (or $CLOUD_CONFIG); the environment
 wins: GCP_PROJECT, GCP_REGION, GCS_BUCKET, GCP_SERVICE_ACCOUNT,
-VERTEX_TRAIN_CONTAINER, VERTEX_TRAIN_IMAGE, VERTEX_SERVING_IMAGE. Each takes
---dry-run, which prints the exact request (command line or Vertex AI JSON) and
-sends nothing.
+VERTEX_TRAIN_CONTAINER, VERTEX_TRAIN_IMAGE, VERTEX_SERVING_IMAGE,
+VERTEX_TENSORBOARD. Each takes --dry-run, which prints the exact request
+(command line or Vertex AI JSON) and sends nothing.
 
 Run './run-cloud.sh SUBCOMMAND --help' for the options of one subcommand.
 EOF
@@ -150,8 +151,9 @@ EOF
 # shellcheck disable=SC2016  # literal $CLOUD_CONFIG in help text
 CLOUD_SETTINGS_HELP='Settings: configs/cloud.yaml (or $CLOUD_CONFIG); environment overrides
 GCP_PROJECT, GCP_REGION, GCS_BUCKET, GCP_SERVICE_ACCOUNT, VERTEX_TRAIN_CONTAINER,
-VERTEX_TRAIN_IMAGE, VERTEX_SERVING_IMAGE. Placeholder values ("your-...", also
-inside a URI) count as unset.
+VERTEX_TRAIN_IMAGE, VERTEX_SERVING_IMAGE, VERTEX_TENSORBOARD. Placeholder values
+("your-...", also inside a URI) count as unset. Every resource created is
+labelled app=recsys-pipelines and job=NAME (see cleanup).
 
   --dry-run            print the exact request and send nothing (no gcloud or credentials needed)
   --cloud-config YAML  another settings file'
@@ -159,46 +161,72 @@ inside a URI) count as unset.
 cloud_help() {
   case "$1" in
     preprocess) cat <<'EOF'
-usage: ./run-cloud.sh preprocess DATASET --input GCS_PATH [--output GCS_DIR] [--dry-run] [-- PIPELINE FLAGS]
+usage: ./run-cloud.sh preprocess DATASET [--input GCS_PATH] [--name NAME | --output GCS_DIR] [--dry-run]
+                                 [-- PIPELINE FLAGS]
 
 Runs python -m beam_pipelines.DATASET on Dataflow (DataflowRunner, --setup_file
-./setup.py, temp/staging under gs://BUCKET/dataflow/, job name DATASET-TIMESTAMP).
-Output defaults to gs://BUCKET/data/DATASET-TIMESTAMP. Flags after -- go to the
-pipeline unchanged (e.g. -- --split random --eval-fraction 0.1 --num-shards 16).
+./setup.py, temp/staging under gs://BUCKET/dataflow/, job name DATASET-NAME,
+labels app=recsys-pipelines, job=JOB NAME).
+Output: gs://BUCKET/data/DATASET/NAME (NAME defaults to a timestamp). Once the
+pipeline succeeded, that path is written to gs://BUCKET/data/DATASET/LATEST,
+which train and tune read when they get no --data (the dry run prints both).
+Flags after -- go to the pipeline unchanged (e.g. -- --split random
+--eval-fraction 0.1 --num-shards 16; lastfm takes its inputs there:
+-- --edges gs://... --targets gs://... --features gs://...).
+
+  --input GCS_PATH   the movielens ratings file or glob
+  --name NAME        the output's name under gs://BUCKET/data/DATASET/
+  --output GCS_DIR   write elsewhere (LATEST still records it)
 EOF
       ;;
     build-image) cat <<'EOF'
-usage: ./run-cloud.sh build-image [--tag URI] [--dry-run]
+usage: ./run-cloud.sh build-image [--serving] [--tag URI] [--dry-run]
 
-Builds the training container (cloud/container/Dockerfile: python:3.11-slim +
-pip install . , entry point python -m trainer.task) with Cloud Build and
-pushes it to URI (default images.train_container / $VERTEX_TRAIN_CONTAINER),
-from the repo root:
-  gcloud builds submit --config cloud/container/cloudbuild.yaml \
-      --substitutions _IMAGE=URI --ignore-file cloud/container/gcloudignore \
+Builds a container with Cloud Build and pushes it to URI, from the repo root:
+  gcloud builds submit --config DIR/cloudbuild.yaml \
+      --substitutions _IMAGE=URI --ignore-file DIR/gcloudignore \
       --project PROJECT .
-The ignore file uploads only what the Dockerfile copies (setup.py, the
-packages, configs/). URI is an Artifact Registry path such as
-us-central1-docker.pkg.dev/PROJECT/recsys/trainer:latest (create the
-repository once: gcloud artifacts repositories create recsys
+  DIR=cloud/container          the training image (default): python:3.11-slim +
+                               pip install . , entry point python -m trainer.task;
+                               URI defaults to images.train_container / $VERTEX_TRAIN_CONTAINER.
+  DIR=cloud/serving_container  with --serving, the prediction server deploy uses:
+                               python:3.11-slim + TF 2.21, tf-keras, TF-GNN (the
+                               training pins) + server.py (port 8080, /health,
+                               /predict); URI defaults to images.serving / $VERTEX_SERVING_IMAGE.
+The ignore file uploads only what the Dockerfile copies. URI is an Artifact
+Registry path such as us-central1-docker.pkg.dev/PROJECT/recsys/trainer:latest
+(create the repository once: gcloud artifacts repositories create recsys
 --repository-format=docker --location=us-central1). Needs gcloud, logged in
-(gcloud auth login), and GCP_PROJECT. Train with it: set
+(gcloud auth login), and GCP_PROJECT. Train with the training image: set
 images.train_container or VERTEX_TRAIN_CONTAINER, or pass --container-image.
 
+  --serving            build the serving image instead
   --tag URI            the image to build and push
 EOF
       ;;
     train) cat <<'EOF'
-usage: ./run-cloud.sh train CONFIG [--data GCS_DIR] [--workers N] [--machine-type T]
-                        [--accelerator A] [--accelerator-count K] [--set KEY=VALUE ...] [--name NAME]
-                        [--container-image URI | --python-package] [--dry-run]
+usage: ./run-cloud.sh train CONFIG [--data GCS_DIR|NAME] [--dataset DATASET] [--workers N] [--machine-type T]
+                        [--accelerator A] [--accelerator-count K] [--timeout DURATION] [--set KEY=VALUE ...]
+                        [--name NAME] [--container-image URI | --python-package] [--dry-run]
+       ./run-cloud.sh train CONFIG --local --data DIR --job-dir DIR [--workers N] [--set KEY=VALUE ...] [--dry-run]
 
-Uploads CONFIG to the bucket and submits a Vertex AI CustomJob running
-python -m trainer.task: worker pool 0 = the chief (1 replica), pool 1 = N-1
-workers (MultiWorkerMirroredStrategy). base_output_directory is
+Uploads CONFIG to gs://BUCKET/jobs/NAME/config.yaml and submits a Vertex AI
+CustomJob running python -m trainer.task: worker pool 0 = the chief (1 replica),
+pool 1 = N-1 workers (MultiWorkerMirroredStrategy). base_output_directory is
 gs://BUCKET/jobs/NAME, so Vertex sets AIP_MODEL_DIR (the export goes to
-.../model), AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR. The data (default
-gs://BUCKET/data/<config name>) needs at least N train shards.
+.../model), AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR (.../logs).
+scheduling: the whole job restarts when a worker restarts, and stops after
+--timeout (default scheduling.timeout in the settings, else 24h). With
+tensorboard set (VERTEX_TENSORBOARD) the logs stream to Vertex AI TensorBoard;
+that needs service_account (GCP_SERVICE_ACCOUNT). The job is labelled
+app=recsys-pipelines, job=NAME.
+
+Data: --data gs://... as given; --data NAME is gs://BUCKET/data/DATASET/NAME;
+without --data, the path in gs://BUCKET/data/DATASET/LATEST (written by the
+last successful preprocess DATASET; a dry run shows {gs://.../LATEST} instead
+of reading it). DATASET is CONFIG's name up to the first '_'
+(movielens_mf -> movielens, lastfm_hetero_gnn -> lastfm) or --dataset. The data
+needs at least N train shards.
 
 Two modes (train_mode in the settings; the flags win):
   container (default)  every pool runs our image (containerSpec: imageUri +
@@ -210,31 +238,57 @@ Two modes (train_mode in the settings; the flags win):
                        TF training images are Python 3.10 (newest tf-cpu.2-17.py310),
                        where the pinned TF 2.21 set cannot install.
 
+--local runs the same entry point on this machine (what gcloud ai custom-jobs
+local-run would, without Docker): python -m trainer.task with exactly the
+containerSpec.args of the Vertex job, gs://BUCKET/jobs/NAME replaced by the
+--job-dir DIR (CONFIG is copied to DIR/config.yaml) and --data DIR a local
+pipeline output, in the environment the job would see: the image's ENV
+(TF_USE_LEGACY_KERAS=1 ...) and AIP_MODEL_DIR=DIR/model/,
+AIP_CHECKPOINT_DIR=DIR/checkpoints/, AIP_TENSORBOARD_LOG_DIR=DIR/logs/. With
+--workers N > 1 it runs python -m trainer.task --local-workers N (one chief and
+N-1 workers on 127.0.0.1, TF_CONFIG as on Vertex). --dry-run prints the command
+and environment as JSON. Needs no gcloud, credentials or settings.
+
   --container-image URI  container mode with this image (instead of images.train_container)
   --python-package       python-package mode
+  --timeout DURATION     e.g. 90m, 6h, 2d
 EOF
       ;;
     tune) cat <<'EOF'
-usage: ./run-cloud.sh tune CONFIG [--study TUNE_YAML] [--data GCS_DIR] [--workers N] [--machine-type T]
-                       [--accelerator A] [--set KEY=VALUE ...] [--name NAME]
-                       [--container-image URI | --python-package] [--dry-run]
+usage: ./run-cloud.sh tune CONFIG [--study TUNE_YAML] [--data GCS_DIR|NAME] [--dataset DATASET] [--workers N]
+                       [--machine-type T] [--accelerator A] [--timeout DURATION] [--set KEY=VALUE ...]
+                       [--name NAME] [--container-image URI | --python-package] [--dry-run]
 
 Submits a Vertex AI HyperparameterTuningJob: each trial is the train job above
-(same two modes and flags: see ./run-cloud.sh train --help) with the trial's
-values appended as --hparams.KEY=VALUE / --train.KEY=VALUE.
-The study (metric, algorithm, trial counts, parameters) comes from TUNE_YAML
-(default configs/movielens_mf_tune.yaml), not from the trainer config. The
-trainer reports the metric with --hypertune-metric (cloudml-hypertune file).
+(same two modes, data resolution, scheduling, TensorBoard and flags: see
+./run-cloud.sh train --help) with the trial's values appended as
+--hparams.KEY=VALUE / --train.KEY=VALUE.
+Every trial writes to its own directory, gs://BUCKET/jobs/NAME/trials/<trial id>/:
+the trial spec's base_output_directory is gs://BUCKET/jobs/NAME/trials, so
+Vertex sets AIP_MODEL_DIR=.../trials/<trial id>/model/ (and checkpoints/,
+logs/), and the trainer, given --job-dir gs://BUCKET/jobs/NAME, writes the rest
+under trials/$CLOUD_ML_TRIAL_ID/. The dry run prints where trial outputs go.
+The search space (metric, algorithm, trial counts, parameters of type double,
+integer, discrete or categorical) comes from TUNE_YAML (default
+configs/movielens_mf_tune.yaml; format: cloud/search_space.py), not from the
+trainer config. The metric must be one the trainer reports on the valid split
+for CONFIG's model: rmse, mae (rating); hr@10, ndcg@10, mrr, hit@1, hit@5
+(ranking); accuracy, macro_f1 (hetero_gnn). The trainer reports it with
+--hypertune-metric (cloudml-hypertune file).
 EOF
       ;;
     deploy) cat <<'EOF'
 usage: ./run-cloud.sh deploy JOB_DIR [--endpoint ID] [--machine-type T] [--name NAME] [--dry-run]
 
-Uploads the job's SavedModel (JOB_DIR/model for a Vertex job, JOB_DIR/export
-otherwise, or JOB_DIR itself when it ends in /model or /export; must be gs://)
-as a Vertex Model with the prebuilt TensorFlow serving container (images.serving),
-creates an endpoint (unless --endpoint) and deploys the model on it.
-The dry run prints the UploadModel, CreateEndpoint and DeployModel requests.
+Uploads the job's SavedModel (JOB_DIR/model for a Vertex job or a tuning trial,
+gs://BUCKET/jobs/NAME/trials/<trial id>; JOB_DIR/export otherwise, or JOB_DIR
+itself when it ends in /model or /export; must be gs://) as a Vertex Model
+served by our prediction server images.serving (build it with
+./run-cloud.sh build-image --serving; containerSpec: port 8080, predictRoute
+/predict, healthRoute /health), creates an endpoint (unless --endpoint) and
+deploys the model on it. Model and endpoint are labelled app=recsys-pipelines,
+job=NAME. The dry run prints the UploadModel, CreateEndpoint and DeployModel
+requests.
 EOF
       ;;
     predict) cat <<'EOF'
@@ -244,27 +298,49 @@ Sends raw ids to a deployed endpoint: instances are {"user_id": ..., "item_id": 
 (FILE holds a JSON list of them); prints the predictions (rating, known_user, known_item).
 EOF
       ;;
+    cleanup) cat <<'EOF'
+usage: ./run-cloud.sh cleanup [--job NAME] [--cancel-running] [--dry-run [--listed FILE]] [--yes]
+
+Deletes what this project created on Vertex AI, identified by the label
+app=recsys-pipelines that every train/tune/deploy request carries, never
+anything else: lists endpoints, models, hyperparameter tuning jobs and custom
+jobs with the filter labels.app=recsys-pipelines (and labels.job=NAME with
+--job), checks the label on each again, then undeploys every deployed model of
+each labelled endpoint and deletes the endpoint, deletes the labelled models
+(unless an endpoint cleanup keeps still serves one) and the labelled jobs that
+have finished. Running jobs are left alone unless --cancel-running (cancels
+them; run cleanup again to delete them). Cloud Storage is not touched.
+
+  --dry-run        print the List requests and send nothing
+  --listed FILE    with --dry-run: also print the Undeploy/Delete requests for
+                   these listed resources (JSON {"endpoints": [...], "models": [...],
+                   "custom_jobs": [...], "hyperparameter_tuning_jobs": [...]})
+  --yes            a real run sends the requests only with --yes (without it
+                   it lists, prints the plan and stops)
+EOF
+      ;;
   esac
   printf '\n%s\n' "$CLOUD_SETTINGS_HELP"
 }
 
-# preprocess | build-image | train | tune | deploy | predict: arguments go to cloud/vertex.py,
-# which builds the requests; this checks the prerequisites of a real submission.
+# preprocess | build-image | train | tune | deploy | predict | cleanup: arguments go to
+# cloud/vertex.py, which builds the requests; this checks the prerequisites of a real submission.
 cmd_cloud() {
   local sub="$1"
   shift
-  local dry_run=0 arg
+  local need_gcloud=1 arg
   for arg in "$@"; do
     case "$arg" in
       -h|--help) cloud_help "$sub"; return 0 ;;
-      --dry-run) dry_run=1 ;;
+      --dry-run) need_gcloud=0 ;;
+      --local) if [[ "$sub" == train ]]; then need_gcloud=0; fi ;;  # train --local runs here
       --) break ;;
     esac
   done
   if [[ ! -x "$PYTHON" ]]; then
     ensure_venv
   fi
-  if [[ $dry_run -eq 0 ]]; then
+  if [[ $need_gcloud -eq 1 ]]; then
     command -v gcloud >/dev/null 2>&1 \
       || die "gcloud is not installed or not on PATH: install the Google Cloud CLI (or use --dry-run)"
   fi
@@ -278,7 +354,7 @@ main() {
   case "$sub" in
     local) cmd_local "$@" ;;
     test) cmd_test "$@" ;;
-    preprocess|build-image|train|tune|deploy|predict) cmd_cloud "$sub" "$@" ;;
+    preprocess|build-image|train|tune|deploy|predict|cleanup) cmd_cloud "$sub" "$@" ;;
     -h|--help|help) usage ;;
     "") usage; exit 2 ;;
     *) usage >&2; die "unknown subcommand $sub" ;;

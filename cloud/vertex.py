@@ -8,7 +8,18 @@ Dataflow by running the Beam pipeline with ``--runner DataflowRunner``.
 
 Settings come from ``configs/cloud.yaml`` with environment overrides
 (``GCP_PROJECT``, ``GCP_REGION``, ``GCS_BUCKET``, ``GCP_SERVICE_ACCOUNT``,
-``VERTEX_TRAIN_CONTAINER``, ``VERTEX_TRAIN_IMAGE``, ``VERTEX_SERVING_IMAGE``).
+``VERTEX_TRAIN_CONTAINER``, ``VERTEX_TRAIN_IMAGE``, ``VERTEX_SERVING_IMAGE``,
+``VERTEX_TENSORBOARD``).
+
+Every Vertex AI resource created here carries the labels ``app=recsys-pipelines`` and
+``job=<name>`` (Dataflow jobs too), which is how ``cleanup`` (``cloud/cleanup.py``) finds
+what this project created and nothing else.
+
+Data convention: ``preprocess DATASET`` writes ``gs://BUCKET/data/DATASET/NAME`` (NAME defaults
+to a timestamp) and, once the pipeline succeeded, records that path in the text object
+``gs://BUCKET/data/DATASET/LATEST``; ``train``/``tune`` without ``--data`` read it (DATASET is
+the trainer config's name up to the first ``_``: ``movielens_mf`` -> ``movielens``, or
+``--dataset``); ``--data NAME`` means ``gs://BUCKET/data/DATASET/NAME``.
 
 Training runs in one of two modes (``train_mode`` in the settings, or ``--container-image`` /
 ``--python-package``): ``container`` (default) runs our own image, built from
@@ -20,6 +31,7 @@ Usage (normally through ``./run-cloud.sh``)::
 
     python -m cloud.vertex build-image --tag us-central1-docker.pkg.dev/P/recsys/trainer:latest --dry-run
     python -m cloud.vertex train configs/movielens_mf.yaml --data gs://B/data/ml-100k --workers 4 --dry-run
+    python -m cloud.vertex train configs/movielens_mf.yaml --local --data OUT --job-dir JOB --dry-run
 """
 from __future__ import annotations
 
@@ -49,6 +61,7 @@ ENV_OVERRIDES = {
     "images.train_container": "VERTEX_TRAIN_CONTAINER",
     "images.train": "VERTEX_TRAIN_IMAGE",
     "images.serving": "VERTEX_SERVING_IMAGE",
+    "tensorboard": "VERTEX_TENSORBOARD",
 }
 # Unset: empty, changeme/todo, or a "your-..." word anywhere in a path or URI
 # ("your-bucket", "us-central1-docker.pkg.dev/your-project-id/recsys/trainer:latest").
@@ -57,7 +70,20 @@ TRAINER_MODULE = "trainer.task"
 TRAIN_MODES = ("container", "python_package")
 DEFAULT_TRAIN_MODE = "container"
 CONTAINER_DIR = "cloud/container"  # Dockerfile, cloudbuild.yaml, gcloudignore (paths relative to REPO)
+SERVING_DIR = "cloud/serving_container"  # the prediction server's image: the same three files + server.py
 SDIST = "<sdist of setup.py>"  # stands for the archive build_sdist makes at submission time
+# Every resource this project creates carries APP_LABEL plus job=<name>; cleanup deletes only those.
+APP_LABEL = ("app", "recsys-pipelines")
+JOB_LABEL = "job"
+DEFAULT_TIMEOUT = "24h"  # Scheduling.timeout (Vertex's own default is 7 days); scheduling.timeout / --timeout
+# The environment cloud/container/Dockerfile sets (ENV); train --local gives the trainer the same.
+CONTAINER_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "TF_USE_LEGACY_KERAS": "1"}
+# The prediction server of cloud/serving_container (server.py): port and routes of its Vertex contract.
+SERVING_PORT = 8080
+PREDICT_ROUTE = "/predict"
+HEALTH_ROUTE = "/health"
+TF_MINOR = 21  # setup.py pins tensorflow==2.21.0; a prebuilt tf2-cpu.2-NN serving image must match
+LATEST = "LATEST"  # gs://BUCKET/data/DATASET/LATEST holds the newest preprocess output of DATASET
 
 
 class CloudError(RuntimeError):
@@ -116,23 +142,203 @@ def parent(settings: Mapping[str, Any]) -> str:
     return f"projects/{settings['project']}/locations/{settings['region']}"
 
 
+def label_value(text: str) -> str:
+    """A Vertex/Dataflow label value: lowercase letters, digits, ``-`` and ``_``, at most 63 characters."""
+    return re.sub(r"[^a-z0-9_-]", "-", str(text).lower())[:63]
+
+
+def labels(name: str) -> dict[str, str]:
+    """``{"app": "recsys-pipelines", "job": NAME}``: on every request built here (see cloud/cleanup.py)."""
+    return {APP_LABEL[0]: APP_LABEL[1], JOB_LABEL: label_value(name)}
+
+
+def parse_timeout(value: Any) -> datetime.timedelta:
+    """``"24h"``, ``"90m"``, ``"3600s"``, ``"2d"`` or a number of seconds, as a timedelta (> 0)."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd]?)", text)
+    if not match or float(match.group(1)) <= 0:
+        raise CloudError(f"timeout {value!r} must be a positive duration such as 24h, 90m, 3600s or 2d")
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return datetime.timedelta(seconds=seconds)
+
+
+def scheduling(settings: Mapping[str, Any], timeout: str | None = None):
+    """Scheduling: restart the whole job when a worker restarts, and a timeout.
+
+    ``restart_job_on_worker_restart``: MultiWorkerMirroredStrategy cannot take a worker that
+    leaves and comes back (the others wait for it forever), so Vertex restarts every task and
+    BackupAndRestore resumes from the last finished epoch. The timeout (``--timeout``, else
+    ``scheduling.timeout`` in the settings, else 24h) also ends a job whose peers hang.
+    """
+    from google.cloud import aiplatform_v1 as aip
+
+    configured = (settings.get("scheduling") or {}).get("timeout")
+    return aip.Scheduling(timeout=parse_timeout(timeout or configured or DEFAULT_TIMEOUT),
+                          restart_job_on_worker_restart=True)
+
+
+def tensorboard_name(settings: Mapping[str, Any]) -> str | None:
+    """The Vertex AI TensorBoard resource of the settings (``tensorboard`` / ``$VERTEX_TENSORBOARD``), or None.
+
+    An id is expanded to ``projects/P/locations/REGION/tensorboards/ID``. Vertex uploads
+    TensorBoard logs only from a job that runs as a service account, and the TensorBoard
+    must be in the job's region.
+    """
+    value = settings.get("tensorboard")
+    if is_placeholder(value):
+        return None
+    value = str(value).strip()
+    path = settings.get("_path", "configs/cloud.yaml")
+    if re.fullmatch(r"[A-Za-z0-9_-]+", value):
+        name = f"{parent(settings)}/tensorboards/{value}"
+    elif re.fullmatch(r"projects/[^/]+/locations/[^/]+/tensorboards/[^/]+", value):
+        name = value
+    else:
+        raise CloudError(f"tensorboard {value!r} must be a TensorBoard id or "
+                         "projects/PROJECT/locations/REGION/tensorboards/ID (set VERTEX_TENSORBOARD or edit "
+                         f"{path})")
+    location = name.split("/")[3]
+    if location != settings["region"]:
+        raise CloudError(f"tensorboard {name} is in {location} but jobs run in {settings['region']}: "
+                         "Vertex AI needs the TensorBoard, the job and the bucket in one region")
+    if is_placeholder(settings.get("service_account")):
+        raise CloudError(f"tensorboard {name} needs a service account: Vertex AI uploads TensorBoard logs only "
+                         "from a job that runs as one; set service_account (GCP_SERVICE_ACCOUNT or edit "
+                         f"{path}) to an account with roles/storage.admin and roles/aiplatform.user, "
+                         "or unset tensorboard (VERTEX_TENSORBOARD)")
+    return name
+
+
+def vertex_output_env(base_output_dir: str, trial_id: str | None = None) -> dict[str, str]:
+    """What Vertex AI sets for ``base_output_directory`` (a trial's: ``BASE/<trial id>/...``)."""
+    base = base_output_dir.rstrip("/") + (f"/{trial_id}" if trial_id else "")
+    return {"AIP_MODEL_DIR": f"{base}/model/", "AIP_CHECKPOINT_DIR": f"{base}/checkpoints/",
+            "AIP_TENSORBOARD_LOG_DIR": f"{base}/logs/"}
+
+
+# --- data convention: gs://BUCKET/data/DATASET/NAME and gs://BUCKET/data/DATASET/LATEST ---------
+
+def pipelines() -> list[str]:
+    """The Beam pipeline modules (the datasets ``preprocess`` can run)."""
+    return sorted(p.stem for p in (REPO / "beam_pipelines").glob("*.py") if p.stem not in ("__init__", "common", "features"))
+
+
+def check_dataset(dataset: str) -> str:
+    if importlib.util.find_spec(f"beam_pipelines.{dataset}") is None or dataset not in pipelines():
+        raise CloudError(f"unknown dataset {dataset!r}: no module beam_pipelines.{dataset} (pipelines: {', '.join(pipelines())})")
+    return dataset
+
+
+def config_dataset(config: str, dataset: str | None = None) -> str:
+    """``--dataset``, else the config name up to the first ``_`` (``movielens_mf`` -> ``movielens``)."""
+    if dataset:
+        return check_dataset(dataset)
+    prefix = Path(config).stem.split("_", 1)[0]
+    if prefix not in pipelines():
+        raise CloudError(f"cannot tell the dataset of {config}: its name does not start with a pipeline name "
+                         f"({', '.join(pipelines())}); pass --dataset DATASET or --data gs://...")
+    return prefix
+
+
+def data_dir(settings: Mapping[str, Any], dataset: str, name: str | None = None) -> str:
+    return gcs(settings, "data", dataset, name or "")
+
+
+def latest_uri(settings: Mapping[str, Any], dataset: str) -> str:
+    return gcs(settings, "data", dataset, LATEST)
+
+
+def _split_gcs(uri: str) -> tuple[str, str]:
+    bucket, _, blob = uri.removeprefix("gs://").partition("/")
+    return bucket, blob
+
+
+def storage_client(settings: Mapping[str, Any]):
+    """A google-cloud-storage client (honours ``STORAGE_EMULATOR_HOST`` for tests)."""
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project=str(settings.get("project") or "test"), credentials=AnonymousCredentials())
+    return storage.Client(project=str(settings["project"]), credentials=_credentials())
+
+
+def _gcs_error(action: str, uri: str, error: Exception) -> CloudError:
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    return CloudError(f"cannot {action} {uri}: {error.__class__.__name__} {first}".rstrip())
+
+
+def write_latest(client, uri: str, output: str) -> None:
+    """Records ``output`` as the newest pipeline output in the text object ``uri`` (``.../LATEST``)."""
+    from google.api_core import exceptions
+
+    bucket, blob = _split_gcs(uri)
+    try:
+        client.bucket(bucket).blob(blob).upload_from_string(output.rstrip("/") + "\n", content_type="text/plain")
+    except exceptions.GoogleAPICallError as error:
+        raise _gcs_error("write", uri, error) from None
+
+
+def read_latest(client, uri: str) -> str:
+    """The pipeline output recorded in ``uri``; a CloudError saying what to run when there is none."""
+    from google.api_core import exceptions
+
+    bucket, blob = _split_gcs(uri)
+    try:
+        text = client.bucket(bucket).blob(blob).download_as_text().strip()
+    except exceptions.NotFound:
+        dataset = blob.split("/")[-2] if "/" in blob else "DATASET"
+        raise CloudError(f"{uri} does not exist: run ./run-cloud.sh preprocess {dataset} first, "
+                         "or pass --data gs://... (or --data NAME)") from None
+    except exceptions.GoogleAPICallError as error:
+        raise _gcs_error("read", uri, error) from None
+    if not text.startswith("gs://"):
+        raise CloudError(f"{uri} holds {text[:80]!r}, not a gs:// path: rerun preprocess or pass --data")
+    return text
+
+
+def resolve_data(settings: Mapping[str, Any], data: str | None, dataset: str, *, dry_run: bool, client=None) -> str:
+    """``--data`` for train/tune: gs:// as given, NAME under the dataset, else the dataset's LATEST.
+
+    In a dry run LATEST is not read (nothing is sent); the request then holds
+    ``{gs://BUCKET/data/DATASET/LATEST}``, the object that would be read.
+    """
+    if data:
+        if data.startswith("gs://"):
+            return data.rstrip("/")
+        if re.fullmatch(r"[\w.-]+", data) and data not in (".", ".."):
+            return data_dir(settings, dataset, data)
+        raise CloudError(f"--data {data} must be a gs:// path or a NAME under {data_dir(settings, dataset)}/ "
+                         "(a local directory works with --local)")
+    uri = latest_uri(settings, dataset)
+    if dry_run:
+        return f"{{{uri}}}"
+    return read_latest(client or storage_client(settings), uri)
+
+
 # --- Dataflow --------------------------------------------------------------------------------
 
 def dataflow_command(
-    settings: Mapping[str, Any], dataset: str, input_path: str, output: str | None = None,
-    extra: Sequence[str] = (), job_name: str | None = None, python: str = "python",
+    settings: Mapping[str, Any], dataset: str, input_path: str | None, output: str | None = None,
+    extra: Sequence[str] = (), job_name: str | None = None, python: str = "python", name: str | None = None,
 ) -> list[str]:
-    """The command line that runs ``beam_pipelines.DATASET`` on Dataflow."""
-    module = f"beam_pipelines.{dataset}"
-    if importlib.util.find_spec(module) is None:
-        known = sorted(p.stem for p in (REPO / "beam_pipelines").glob("*.py") if p.stem not in ("__init__", "common", "features"))
-        raise CloudError(f"unknown dataset {dataset!r}: no module {module} (pipelines: {', '.join(known)})")
+    """The command line that runs ``beam_pipelines.DATASET`` on Dataflow.
+
+    The output defaults to ``gs://BUCKET/data/DATASET/NAME`` (NAME: a timestamp); the
+    caller records it in ``gs://BUCKET/data/DATASET/LATEST`` once the pipeline succeeded.
+    ``input_path`` is the movielens ``--input``; lastfm takes ``--edges``/``--targets`` in ``extra``.
+    """
+    module = f"beam_pipelines.{check_dataset(dataset)}"
     stamp = timestamp()
-    job_name = job_name or f"{dataset}-{stamp}".replace("_", "-").lower()
-    command = [
-        python, "-m", module,
-        "--input", input_path,
-        "--output", output or gcs(settings, "data", f"{dataset}-{stamp}"),
+    if name is not None and not re.fullmatch(r"[\w.-]+", name):
+        raise CloudError(f"--name {name!r} must be one path segment (letters, digits, . _ -)")
+    job_name = job_name or f"{dataset}-{name or stamp}".replace("_", "-").replace(".", "-").lower()
+    command = [python, "-m", module]
+    if input_path:
+        command += ["--input", input_path]
+    command += [
+        "--output", output or data_dir(settings, dataset, name or stamp),
         "--runner", "DataflowRunner",
         "--project", str(settings["project"]),
         "--region", str(settings["region"]),
@@ -140,6 +346,8 @@ def dataflow_command(
         "--staging_location", gcs(settings, "dataflow", "staging"),
         "--job_name", job_name,
         "--setup_file", "./setup.py",
+        "--labels", f"{APP_LABEL[0]}={APP_LABEL[1]}",
+        "--labels", f"{JOB_LABEL}={label_value(job_name)}",
     ]
     machine = (settings.get("machine_types") or {}).get("dataflow")
     if machine:
@@ -214,6 +422,7 @@ def custom_job_spec(
     settings: Mapping[str, Any], *, args: Sequence[str], workers: int, base_output_dir: str,
     package_uri: str | None = None, container_image: str | None = None,
     machine_type: str | None = None, accelerator: str | None = None, accelerator_count: int | None = None,
+    timeout: str | None = None,
 ):
     """Pool 0: the chief (1 replica); pool 1: ``workers - 1`` workers; same program and args.
 
@@ -223,6 +432,9 @@ def custom_job_spec(
     ``base_output_directory`` makes Vertex set ``AIP_MODEL_DIR``, ``AIP_CHECKPOINT_DIR``
     and ``AIP_TENSORBOARD_LOG_DIR`` for the trainer, and ``TF_CONFIG`` names the
     pools ``chief`` and ``worker`` (the layout trainer.distribute expects).
+    ``scheduling`` restarts the whole job when a worker restarts and bounds it by a timeout;
+    ``tensorboard`` (when set in the settings) streams ``AIP_TENSORBOARD_LOG_DIR`` to Vertex AI
+    TensorBoard and needs ``service_account``.
     """
     from google.cloud import aiplatform_v1 as aip
 
@@ -244,101 +456,120 @@ def custom_job_spec(
     pools = [aip.WorkerPoolSpec(machine_spec=machine, replica_count=1, **program)]
     if workers > 1:
         pools.append(aip.WorkerPoolSpec(machine_spec=machine, replica_count=workers - 1, **program))
-    spec = aip.CustomJobSpec(worker_pool_specs=pools, base_output_directory=aip.GcsDestination(output_uri_prefix=base_output_dir))
+    spec = aip.CustomJobSpec(worker_pool_specs=pools, base_output_directory=aip.GcsDestination(output_uri_prefix=base_output_dir),
+                             scheduling=scheduling(settings, timeout))
     if settings.get("service_account") and not is_placeholder(str(settings["service_account"])):
         spec.service_account = settings["service_account"]
+    board = tensorboard_name(settings)
+    if board:
+        spec.tensorboard = board
     return spec
 
 
 def custom_job(settings: Mapping[str, Any], display_name: str, **spec_kwargs):
     from google.cloud import aiplatform_v1 as aip
 
-    return aip.CustomJob(display_name=display_name, job_spec=custom_job_spec(settings, **spec_kwargs))
+    return aip.CustomJob(display_name=display_name, job_spec=custom_job_spec(settings, **spec_kwargs),
+                         labels=labels(display_name))
 
 
 _SCALES = {"linear": "UNIT_LINEAR_SCALE", "log": "UNIT_LOG_SCALE", "reverse_log": "UNIT_REVERSE_LOG_SCALE"}
 
 
-def study_spec(tune: Mapping[str, Any]):
-    """A StudySpec from a tune YAML (see configs/movielens_mf_tune.yaml)."""
+def study_spec(space: Mapping[str, Any]):
+    """A StudySpec from a search space validated by ``cloud.search_space`` (``load_search_space``)."""
     from google.cloud import aiplatform_v1 as aip
 
     P = aip.StudySpec.ParameterSpec
-    metric = tune.get("metric") or {}
-    if not metric.get("id"):
-        raise CloudError("tune spec needs metric: {id: rmse, goal: MINIMIZE}")
     parameters = []
-    for raw in tune.get("parameters") or []:
-        pid, kind = raw.get("id"), raw.get("type")
-        if not pid or not re.fullmatch(r"(train|hparams)\.\w+", pid):
-            raise CloudError(f"tune parameter id {pid!r} must be a trainer config key: train.KEY or hparams.KEY")
-        spec = P(parameter_id=pid)
+    for raw in space["parameters"]:
+        spec = P(parameter_id=raw["id"])
         if raw.get("scale"):
             spec.scale_type = P.ScaleType[_SCALES[raw["scale"]]]
+        kind = raw["type"]
         if kind == "double":
             spec.double_value_spec = P.DoubleValueSpec(min_value=float(raw["min"]), max_value=float(raw["max"]))
         elif kind == "integer":
             spec.integer_value_spec = P.IntegerValueSpec(min_value=int(raw["min"]), max_value=int(raw["max"]))
         elif kind == "discrete":
             spec.discrete_value_spec = P.DiscreteValueSpec(values=[float(v) for v in raw["values"]])
-        elif kind == "categorical":
-            spec.categorical_value_spec = P.CategoricalValueSpec(values=[str(v) for v in raw["values"]])
         else:
-            raise CloudError(f"tune parameter {pid}: type {kind!r} is not one of double, integer, discrete, categorical")
+            spec.categorical_value_spec = P.CategoricalValueSpec(values=[str(v) for v in raw["values"]])
         parameters.append(spec)
-    if not parameters:
-        raise CloudError("tune spec has no parameters")
+    metric = space["metric"]
     return aip.StudySpec(
-        metrics=[aip.StudySpec.MetricSpec(metric_id=metric["id"], goal=aip.StudySpec.MetricSpec.GoalType[metric.get("goal", "MINIMIZE")])],
+        metrics=[aip.StudySpec.MetricSpec(metric_id=metric["id"], goal=aip.StudySpec.MetricSpec.GoalType[metric["goal"]])],
         parameters=parameters,
-        algorithm=aip.StudySpec.Algorithm[tune.get("algorithm", "ALGORITHM_UNSPECIFIED")],
+        algorithm=aip.StudySpec.Algorithm[space["algorithm"]],
     )
 
 
-def tuning_job(settings: Mapping[str, Any], display_name: str, tune: Mapping[str, Any], **spec_kwargs):
-    """HyperparameterTuningJob whose trials run the trainer and report ``metric.id``."""
+def trials_dir(job_dir: str) -> str:
+    """Where a tuning job's trials write: ``JOB/trials``; trial T under ``JOB/trials/T/``.
+
+    It is the trial spec's ``base_output_directory``, so Vertex sets ``AIP_MODEL_DIR`` =
+    ``JOB/trials/T/model/`` (and checkpoints/, logs/) for trial T, and the trainer, given
+    ``--job-dir JOB``, writes the rest under ``JOB/trials/$CLOUD_ML_TRIAL_ID/``.
+    """
+    return f"{job_dir.rstrip('/')}/trials"
+
+
+def tuning_job(settings: Mapping[str, Any], display_name: str, space: Mapping[str, Any], **spec_kwargs):
+    """HyperparameterTuningJob whose trials run the trainer and report ``metric.id``.
+
+    ``spec_kwargs['base_output_dir']`` is the job directory; the trials get ``trials_dir`` of it.
+    """
     from google.cloud import aiplatform_v1 as aip
 
-    study = study_spec(tune)
+    study = study_spec(space)
     metric = study.metrics[0].metric_id
-    spec_kwargs = dict(spec_kwargs, args=[*spec_kwargs["args"], "--hypertune-metric", metric])
+    spec_kwargs = dict(spec_kwargs, args=[*spec_kwargs["args"], "--hypertune-metric", metric],
+                       base_output_dir=trials_dir(spec_kwargs["base_output_dir"]))
     return aip.HyperparameterTuningJob(
         display_name=display_name,
         study_spec=study,
-        max_trial_count=int(tune.get("max_trial_count", 10)),
-        parallel_trial_count=int(tune.get("parallel_trial_count", 2)),
-        max_failed_trial_count=int(tune.get("max_failed_trial_count", 0)),
+        max_trial_count=int(space["max_trial_count"]),
+        parallel_trial_count=int(space["parallel_trial_count"]),
+        max_failed_trial_count=int(space["max_failed_trial_count"]),
         trial_job_spec=custom_job_spec(settings, **spec_kwargs),
+        labels=labels(display_name),
     )
 
 
 # --- training image (Cloud Build) -------------------------------------------------------------
 
-def image_to_build(settings: Mapping[str, Any], tag: str | None = None) -> str:
-    """``--tag``, else ``images.train_container`` (``$VERTEX_TRAIN_CONTAINER``)."""
+def image_to_build(settings: Mapping[str, Any], tag: str | None = None, serving: bool = False) -> str:
+    """``--tag``, else ``images.train_container`` (``$VERTEX_TRAIN_CONTAINER``) or, for the
+    serving image, ``images.serving`` (``$VERTEX_SERVING_IMAGE``)."""
     if tag:
         if is_placeholder(tag):
             raise CloudError(f"--tag {tag} is a placeholder: name your Artifact Registry repository")
         return tag
+    key, example = ("images.serving", "server") if serving else ("images.train_container", "trainer")
     try:
-        require(settings, "images.train_container")
+        require(settings, key)
     except CloudError as error:
-        raise CloudError(f"{error}; or pass --tag URI (e.g. REGION-docker.pkg.dev/PROJECT/REPO/trainer:latest)") from None
-    return str(settings["images"]["train_container"])
+        raise CloudError(f"{error}; or pass --tag URI (e.g. REGION-docker.pkg.dev/PROJECT/REPO/{example}:latest)") from None
+    image = str(settings["images"]["serving" if serving else "train_container"])
+    if serving and prebuilt_prediction_image(image):
+        raise CloudError(f"images.serving is {image}, a Vertex prebuilt image, not one to build: set it "
+                         "(VERTEX_SERVING_IMAGE) to your Artifact Registry URI or pass --tag URI")
+    return image
 
 
-def build_image_command(settings: Mapping[str, Any], image: str, gcloud: str = "gcloud") -> list[str]:
-    """``gcloud builds submit`` of cloud/container (run from the repo root, which is the context).
+def build_image_command(settings: Mapping[str, Any], image: str, gcloud: str = "gcloud", serving: bool = False) -> list[str]:
+    """``gcloud builds submit`` of cloud/container or cloud/serving_container (from the repo root, the context).
 
-    ``--ignore-file`` is cloud/container/gcloudignore, an allow list of what the Dockerfile
+    ``--ignore-file`` is the directory's gcloudignore, an allow list of what its Dockerfile
     copies, so .venv, runs/, data/ and .git are not uploaded.
     """
     require(settings, "project")
+    directory = SERVING_DIR if serving else CONTAINER_DIR
     return [
         gcloud, "builds", "submit",
-        "--config", f"{CONTAINER_DIR}/cloudbuild.yaml",
+        "--config", f"{directory}/cloudbuild.yaml",
         "--substitutions", f"_IMAGE={image}",
-        "--ignore-file", f"{CONTAINER_DIR}/gcloudignore",
+        "--ignore-file", f"{directory}/gcloudignore",
         "--project", str(settings["project"]),
         ".",
     ]
@@ -354,28 +585,62 @@ def model_artifact_uri(job_dir: str) -> str:
     return f"{job_dir}/model" if job_dir.startswith("gs://") else f"{job_dir}/export"
 
 
+def prebuilt_prediction_image(image: str) -> bool:
+    return "/vertex-ai/prediction/" in image
+
+
+def prebuilt_serving_warning(image: str) -> str | None:
+    """A warning when the serving image is a Vertex prebuilt TF image of another TF version."""
+    match = re.search(r"/vertex-ai/prediction/tf2-(?:cpu|gpu)\.2-(\d+)", image)
+    if match and int(match.group(1)) != TF_MINOR:
+        return (f"warning: {image} serves TF 2.{match.group(1)}, the SavedModel is exported by TF 2.{TF_MINOR} "
+                f"(tensorflow_gnn exports also need TF-GNN): use our serving image ({SERVING_DIR}, "
+                "./run-cloud.sh build-image --serving)")
+    return None
+
+
+def serving_container_spec(image: str):
+    """Our prediction server (cloud/serving_container): its port and routes; a prebuilt image: just the URI.
+
+    Vertex AI sets ``AIP_HTTP_PORT``, ``AIP_HEALTH_ROUTE`` and ``AIP_PREDICT_ROUTE`` from these
+    fields and ``AIP_STORAGE_URI`` to a copy of the model's ``artifact_uri``; server.py reads them.
+    """
+    from google.cloud import aiplatform_v1 as aip
+
+    if prebuilt_prediction_image(image):
+        return aip.ModelContainerSpec(image_uri=image)
+    return aip.ModelContainerSpec(image_uri=image, ports=[aip.Port(container_port=SERVING_PORT)],
+                                  predict_route=PREDICT_ROUTE, health_route=HEALTH_ROUTE)
+
+
 def deploy_requests(settings: Mapping[str, Any], artifact_uri: str, display_name: str, endpoint: str | None = None,
                     machine_type: str | None = None) -> dict[str, Any]:
     """UploadModelRequest, CreateEndpointRequest (unless ``endpoint``) and DeployModelRequest.
 
     The model and endpoint ids are only known after the first requests; the
     deploy request then holds ``{uploaded-model}`` / ``{created-endpoint}`` placeholders
-    that ``send_deploy`` fills in.
+    that ``run`` fills in. The model and the endpoint carry ``labels(display_name)``.
     """
     from google.cloud import aiplatform_v1 as aip
 
-    require(settings, "images.serving")
+    try:
+        require(settings, "images.serving")
+    except CloudError as error:
+        raise CloudError(f"{error}; build the serving image with './run-cloud.sh build-image --serving --tag URI' "
+                         "and set it") from None
     if not artifact_uri.startswith("gs://"):
         raise CloudError(f"the model must be in Cloud Storage for Vertex AI (got {artifact_uri}); copy the export to gs:// first")
     requests: dict[str, Any] = {
         "upload_model": aip.UploadModelRequest(
             parent=parent(settings),
             model=aip.Model(display_name=display_name, artifact_uri=artifact_uri,
-                            container_spec=aip.ModelContainerSpec(image_uri=settings["images"]["serving"])),
+                            container_spec=serving_container_spec(str(settings["images"]["serving"])),
+                            labels=labels(display_name)),
         )
     }
     if not endpoint:
-        requests["create_endpoint"] = aip.CreateEndpointRequest(parent=parent(settings), endpoint=aip.Endpoint(display_name=display_name))
+        requests["create_endpoint"] = aip.CreateEndpointRequest(
+            parent=parent(settings), endpoint=aip.Endpoint(display_name=display_name, labels=labels(display_name)))
     requests["deploy_model"] = aip.DeployModelRequest(
         endpoint=endpoint_name(settings, endpoint) if endpoint else f"{parent(settings)}/endpoints/{{created-endpoint}}",
         deployed_model=aip.DeployedModel(
@@ -407,7 +672,8 @@ def predict_request(settings: Mapping[str, Any], endpoint: str, instances: Seque
 # --- printing and sending ---------------------------------------------------------------------
 
 def to_dict(message) -> dict[str, Any]:
-    return json.loads(type(message).to_json(message, use_integers_for_enums=False, including_default_value_fields=False))
+    return json.loads(type(message).to_json(message, use_integers_for_enums=False,
+                                            always_print_fields_with_no_presence=False))
 
 
 def _print_json(payload: Any) -> None:
@@ -456,6 +722,64 @@ def build_sdist(dist_dir: str) -> str:
     return str(archives[-1])
 
 
+# --- train --local: the container's entry point and args on this machine ------------------------
+
+def local_run_plan(config: str, data: str, job_dir: str, sets: Sequence[str] = (), workers: int = 1,
+                   python: str | None = None) -> dict[str, Any]:
+    """What ``train --local`` runs: the Vertex job's program, args and environment, locally.
+
+    The args are ``trainer_args`` exactly as in the CustomJob's ``containerSpec.args``, with
+    ``gs://BUCKET/jobs/NAME`` replaced by ``job_dir`` (the config is copied to
+    ``job_dir/config.yaml``, as train uploads it to ``gs://BUCKET/jobs/NAME/config.yaml``)
+    and ``--data`` a local pipeline output. The environment is the image's ``ENV``
+    (``CONTAINER_ENV``) plus what Vertex sets for ``base_output_directory`` = ``job_dir``.
+    Several workers run through ``python -m trainer.task --local-workers N`` (trainer.launch_local
+    gives every task a TF_CONFIG in the Vertex layout: one chief, N-1 workers).
+    """
+    if workers < 1:
+        raise CloudError("--workers must be >= 1")
+    job_dir = job_dir if job_dir.startswith("gs://") else os.path.abspath(job_dir)
+    data = data if data.startswith("gs://") else os.path.abspath(data)
+    config_copy = f"{job_dir.rstrip('/')}/config.yaml"
+    command = [python or sys.executable, "-m", TRAINER_MODULE]
+    if workers > 1:
+        command += ["--local-workers", str(workers)]
+    command += trainer_args(config_copy, data, job_dir.rstrip("/"), sets)
+    return {"command": command, "env": {**CONTAINER_ENV, **vertex_output_env(job_dir)}, "cwd": str(REPO),
+            "copy_config": [str(config), config_copy]}
+
+
+def _local_run(args) -> int:
+    if not args.data or not args.job_dir:
+        raise CloudError("train --local needs --data DIR (a pipeline output) and --job-dir DIR (where the job writes)")
+    cloud_only = [flag for flag, value in (
+        ("--container-image", args.container_image), ("--python-package", args.python_package),
+        ("--machine-type", args.machine_type), ("--accelerator", args.accelerator),
+        ("--accelerator-count", args.accelerator_count), ("--timeout", args.timeout), ("--dataset", args.dataset),
+    ) if value]
+    if cloud_only:
+        raise CloudError(f"--local runs the trainer on this machine: {', '.join(cloud_only)} do(es) not apply")
+    if not Path(args.config).exists():
+        raise CloudError(f"trainer config {args.config} does not exist")
+    plan = local_run_plan(args.config, args.data, args.job_dir, args.set, args.workers)
+    env_words = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan["env"].items())
+    if args.dry_run:
+        _info(f"would copy {plan['copy_config'][0]} -> {plan['copy_config'][1]}")
+        _info(f"would run in {plan['cwd']}: {env_words} {shlex.join(plan['command'])}")
+        _print_json(plan)
+        return 0
+    source, target = plan["copy_config"]
+    if target.startswith("gs://"):
+        raise CloudError("--local --job-dir must be a local directory")
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    if Path(source).resolve() != Path(target).resolve():
+        shutil.copyfile(source, target)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CLOUD_ML_TRIAL_ID")}
+    env.update(plan["env"])
+    _info(f"running in {plan['cwd']}: {env_words} {shlex.join(plan['command'])}")
+    return subprocess.run(plan["command"], cwd=plan["cwd"], env=env).returncode
+
+
 # --- command line -----------------------------------------------------------------------------
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -465,11 +789,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="trainer config YAML (e.g. configs/movielens_mf.yaml)")
-    parser.add_argument("--data", help="pipeline output in GCS (default gs://BUCKET/data/<config name>)")
+    parser.add_argument(
+        "--data",
+        help="pipeline output: gs://..., or NAME for gs://BUCKET/data/DATASET/NAME; default: the path recorded "
+             "in gs://BUCKET/data/DATASET/LATEST by the last preprocess DATASET (with --local: a local directory)")
+    parser.add_argument("--dataset", help="the data family of CONFIG (default: its name up to the first '_', "
+                                          "movielens_mf -> movielens)")
     parser.add_argument("--workers", type=int, default=1, help="tasks: 1 chief + N-1 workers (default 1)")
     parser.add_argument("--machine-type", help="default: machine_types.train in the cloud settings")
     parser.add_argument("--accelerator", help="e.g. NVIDIA_TESLA_T4 (default: accelerator.type in the settings)")
     parser.add_argument("--accelerator-count", type=int, help="accelerators per replica")
+    parser.add_argument("--timeout", help=f"job timeout, e.g. 6h (default: scheduling.timeout in the settings, else {DEFAULT_TIMEOUT})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trainer override, repeatable")
     parser.add_argument("--name", help="job display name (default: <config>-<timestamp>)")
     mode = parser.add_mutually_exclusive_group()
@@ -491,17 +821,21 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preprocess", help="run a Beam pipeline on Dataflow")
     p.add_argument("dataset", help="pipeline module under beam_pipelines/ (e.g. movielens)")
-    p.add_argument("--input", required=True, help="raw input in GCS (e.g. gs://B/raw/ml-100k/u.data)")
-    p.add_argument("--output", help="default gs://BUCKET/data/DATASET-<timestamp>")
+    p.add_argument("--input", help="raw input in GCS (movielens: e.g. gs://B/raw/ml-100k/u.data; lastfm takes "
+                                   "-- --edges ... --targets ...)")
+    p.add_argument("--name", help="output name: gs://BUCKET/data/DATASET/NAME (default: a timestamp)")
+    p.add_argument("--output", help="another output directory (default gs://BUCKET/data/DATASET/NAME)")
     p.add_argument("pipeline_args", nargs="*", help="more pipeline flags after --")
     _common(p)
 
     p = sub.add_parser(
-        "build-image", help="build the training container with Cloud Build and push it",
-        description="gcloud builds submit --config cloud/container/cloudbuild.yaml from the repo root: "
-                    "builds cloud/container/Dockerfile and pushes it to the tag.",
+        "build-image", help="build the training (or serving) container with Cloud Build and push it",
+        description="gcloud builds submit --config cloud/container/cloudbuild.yaml (or "
+                    "cloud/serving_container/cloudbuild.yaml with --serving) from the repo root.",
     )
-    p.add_argument("--tag", metavar="URI", help="image to push (default: images.train_container / $VERTEX_TRAIN_CONTAINER)")
+    p.add_argument("--tag", metavar="URI", help="image to push (default: images.train_container / $VERTEX_TRAIN_CONTAINER, "
+                                                "with --serving images.serving / $VERTEX_SERVING_IMAGE)")
+    p.add_argument("--serving", action="store_true", help="build the prediction server image (cloud/serving_container)")
     _common(p)
 
     for name, text in (("train", "submit a Vertex AI CustomJob"), ("tune", "submit a Vertex AI HyperparameterTuningJob")):
@@ -509,7 +843,12 @@ def make_parser() -> argparse.ArgumentParser:
                            "settings (default container); --container-image / --python-package override it.")
         _training_options(p)
         if name == "tune":
-            p.add_argument("--study", default=str(REPO / "configs" / "movielens_mf_tune.yaml"), help="tune spec YAML")
+            p.add_argument("--study", default=str(REPO / "configs" / "movielens_mf_tune.yaml"),
+                           help="search space YAML (format: cloud/search_space.py)")
+        else:
+            p.add_argument("--local", action="store_true",
+                           help="run the job's entry point and args on this machine (needs --data DIR --job-dir DIR)")
+            p.add_argument("--job-dir", help="with --local: where the job writes (stands for gs://BUCKET/jobs/NAME)")
         _common(p)
 
     p = sub.add_parser("deploy", help="upload a SavedModel as a Vertex Model and deploy it to an endpoint")
@@ -525,6 +864,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", action="append", default=[], help="raw user id (pairs with --item), repeatable")
     p.add_argument("--item", action="append", default=[], help="raw item id, repeatable")
     _common(p)
+
+    p = sub.add_parser("cleanup", help="delete the endpoints, models and jobs this project created (label app=recsys-pipelines)")
+    p.add_argument("--job", metavar="NAME", help="only the resources labelled job=NAME")
+    p.add_argument("--listed", metavar="FILE", help="with --dry-run: plan from these listed resources (JSON) instead of listing")
+    p.add_argument("--cancel-running", action="store_true", help="cancel labelled jobs that are still running (delete them on a later cleanup)")
+    p.add_argument("--yes", action="store_true", help="send the requests (without it a real run lists and stops)")
+    _common(p)
     return parser
 
 
@@ -533,57 +879,92 @@ def _job_name(args) -> str:
 
 
 def _training_request(args, settings):
+    from cloud import search_space
+
     require(settings, "project", "region", "bucket")
     if not Path(args.config).exists():
         raise CloudError(f"trainer config {args.config} does not exist")
+    if getattr(args, "job_dir", None):
+        raise CloudError("--job-dir is for --local; a Vertex job writes to gs://BUCKET/jobs/NAME (see --name)")
     mode, image = train_mode(settings, args.container_image, args.python_package)
+    space = None
+    if args.command == "tune":
+        try:
+            space = search_space.load_search_space(args.study)
+            search_space.check_metric(space, search_space.config_model(args.config, args.set))
+        except search_space.SearchSpaceError as error:
+            raise CloudError(str(error)) from None
     name = _job_name(args)
     job_dir = gcs(settings, "jobs", name)
     package_uri = gcs(settings, "packages", name, "recsys-pipelines-0.1.0.tar.gz") if mode == "python_package" else None
     config_uri = f"{job_dir}/config.yaml"
-    data = args.data or gcs(settings, "data", Path(args.config).stem)
+    dataset = None if (args.data or "").startswith("gs://") else config_dataset(args.config, args.dataset)
+    data = resolve_data(settings, args.data, dataset, dry_run=args.dry_run) if dataset else args.data.rstrip("/")
     spec_kwargs = dict(
         package_uri=package_uri, container_image=image, args=trainer_args(config_uri, data, job_dir, args.set),
         workers=args.workers, base_output_dir=job_dir, machine_type=args.machine_type, accelerator=args.accelerator,
-        accelerator_count=args.accelerator_count,
+        accelerator_count=args.accelerator_count, timeout=args.timeout,
     )
+    notes = []
+    if not args.data:
+        notes.append(f"--data: {'would read' if args.dry_run else 'read'} {latest_uri(settings, dataset)} "
+                     f"(the newest preprocess {dataset} output){'' if args.dry_run else ': ' + data}")
     if args.command == "train":
         request = custom_job(settings, name, **spec_kwargs)
+        notes.append(f"job outputs: {job_dir}/ (Vertex: AIP_MODEL_DIR={job_dir}/model/, checkpoints/, logs/)")
     else:
-        study_path = Path(args.study)
-        if not study_path.exists():
-            raise CloudError(f"tune spec {study_path} does not exist")
-        request = tuning_job(settings, name, yaml.safe_load(study_path.read_text()) or {}, **spec_kwargs)
+        request = tuning_job(settings, name, space, **spec_kwargs)
+        notes.append(f"trial outputs: {trials_dir(job_dir)}/<trial id>/ (Vertex: AIP_MODEL_DIR={trials_dir(job_dir)}"
+                     "/<trial id>/model/, checkpoints/, logs/; the trainer: --job-dir "
+                     f"{job_dir} + trials/$CLOUD_ML_TRIAL_ID/)")
     uploads = [(args.config, config_uri)]
     if package_uri:
         uploads.insert(0, (SDIST, package_uri))
-    return request, uploads, (mode, image)
+    return request, uploads, (mode, image), notes
 
 
 def run(args) -> int:
     settings = load_settings(args.cloud_config)
     if args.command == "preprocess":
         require(settings, "project", "region", "bucket")
-        command = dataflow_command(settings, args.dataset, args.input, args.output, args.pipeline_args, python=sys.executable)
+        command = dataflow_command(settings, args.dataset, args.input, args.output, args.pipeline_args,
+                                   python=sys.executable, name=args.name)
+        output = command[command.index("--output") + 1]
+        latest = latest_uri(settings, args.dataset)
         if args.dry_run:
+            _info(f"would write {latest} = {output} once the pipeline succeeds (train/tune without --data read it)")
             print(shlex.join(command))
             return 0
         _credentials()
-        return subprocess.run(command, cwd=REPO).returncode
+        code = subprocess.run(command, cwd=REPO).returncode
+        if code == 0:
+            write_latest(storage_client(settings), latest, output)
+            _info(f"recorded {output} in {latest}")
+        else:
+            _info(f"the pipeline failed (exit code {code}); {latest} is unchanged")
+        return code
 
     if args.command == "build-image":
         require(settings, "project")
-        image = image_to_build(settings, args.tag)
+        image = image_to_build(settings, args.tag, serving=args.serving)
+        command = build_image_command(settings, image, serving=args.serving)
         if args.dry_run:
-            print(shlex.join(build_image_command(settings, image)))
+            print(shlex.join(command))
             return 0
-        subprocess.run(build_image_command(settings, image, gcloud=_gcloud()), cwd=REPO, check=True)
-        _info(f"pushed {image}; train with it: set images.train_container (or VERTEX_TRAIN_CONTAINER), "
-              "or pass --container-image")
+        command[0] = _gcloud()
+        subprocess.run(command, cwd=REPO, check=True)
+        if args.serving:
+            _info(f"pushed {image}; deploy serves with it: set images.serving (or VERTEX_SERVING_IMAGE)")
+        else:
+            _info(f"pushed {image}; train with it: set images.train_container (or VERTEX_TRAIN_CONTAINER), "
+                  "or pass --container-image")
         return 0
 
+    if args.command == "train" and args.local:
+        return _local_run(args)
+
     if args.command in ("train", "tune"):
-        request, uploads, (mode, image) = _training_request(args, settings)
+        request, uploads, (mode, image), notes = _training_request(args, settings)
         warning = prebuilt_python_warning(settings["images"]["train"]) if mode == "python_package" else None
         if warning:
             _info(warning)
@@ -594,6 +975,8 @@ def run(args) -> int:
                 _info(f"python-package mode: sdist run by the prebuilt image {settings['images']['train']}")
             for local, remote in uploads:
                 _info(f"would upload {local} -> {remote}")
+            for note in notes:
+                _info(note)
             _info(f"would POST {parent(settings)}/{'customJobs' if args.command == 'train' else 'hyperparameterTuningJobs'}")
             _print_json(to_dict(request))
             return 0
@@ -601,6 +984,8 @@ def run(args) -> int:
         credentials = _credentials()
         from google.cloud import aiplatform_v1 as aip
 
+        for note in notes:
+            _info(note)
         for local, remote in uploads:
             if local == SDIST:
                 with tempfile.TemporaryDirectory() as dist:
@@ -620,6 +1005,9 @@ def run(args) -> int:
         artifact = model_artifact_uri(args.job_dir)
         name = args.name or f"recsys-{timestamp()}"
         requests = deploy_requests(settings, artifact, name, args.endpoint, args.machine_type)
+        warning = prebuilt_serving_warning(str(settings["images"]["serving"]))
+        if warning:
+            _info(warning)
         if args.dry_run:
             _print_json({key: to_dict(value) for key, value in requests.items()})
             return 0
@@ -661,6 +1049,11 @@ def run(args) -> int:
         response = client.predict(request=request)
         _print_json(to_dict(response))
         return 0
+
+    if args.command == "cleanup":
+        from cloud import cleanup
+
+        return cleanup.run(args, settings)
     raise CloudError(f"unknown command {args.command}")
 
 
@@ -673,16 +1066,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if passthrough:
         if args.command != "preprocess":
-            print(f"run-cloud: error: {args.command} takes no arguments after --", file=sys.stderr)
+            print(f"[run-cloud] error: {args.command} takes no arguments after --", file=sys.stderr)
             return 2
         args.pipeline_args = [*args.pipeline_args, *passthrough]
     try:
         return run(args)
     except CloudError as error:
-        print(f"run-cloud: error: {error}", file=sys.stderr)
+        print(f"[run-cloud] error: {error}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as error:
-        print(f"run-cloud: error: {shlex.join(map(str, error.cmd))} failed with exit code {error.returncode}", file=sys.stderr)
+        print(f"[run-cloud] error: {shlex.join(map(str, error.cmd))} failed with exit code {error.returncode}", file=sys.stderr)
         return 1
 
 

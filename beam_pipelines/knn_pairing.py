@@ -392,8 +392,16 @@ def summary_statistics(values: Sequence[float] | np.ndarray) -> dict[str, float]
             "p90": float(p90), "p99": float(p99)}
 
 
-def histogram_png(values: np.ndarray, title: str, xlabel: str, stats: dict[str, float]) -> bytes:
-    """A histogram of integer counts with its statistics in the corner, as PNG bytes (matplotlib Agg)."""
+def histogram_png(values: np.ndarray, title: str, xlabel: str, stats: dict[str, float],
+                  marks: dict[str, float] | None = None) -> bytes:
+    """A histogram of integer counts with its statistics in a box, as PNG bytes (matplotlib Agg).
+
+    Args:
+      values: one count per user.
+      title, xlabel: the chart's title and x label.
+      stats: ``summary_statistics(values)``.
+      marks: label -> x of dashed vertical lines (the rule's thresholds).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,20 +409,26 @@ def histogram_png(values: np.ndarray, title: str, xlabel: str, stats: dict[str, 
 
     values = np.asarray(values, dtype=np.int64)
     top = int(values.max()) if len(values) else 0
-    # One bar per integer up to 100 distinct values, else about 60 equal bins.
+    # One bar per integer up to 100, else about 60 equal bins.
     edges = np.arange(-0.5, top + 1.5) if top <= 100 else np.linspace(-0.5, top + 0.5, 61)
-    figure, axes = plt.subplots(figsize=(7.5, 4.5), dpi=100)
-    axes.hist(values, bins=edges, color="#3b75af", edgecolor="white", linewidth=0.4)
+    figure, axes = plt.subplots(figsize=(8.5, 4.5), dpi=100)
+    heights, _, _ = axes.hist(values, bins=edges, color="#3b75af", edgecolor="white", linewidth=0.4)
     axes.set_title(title)
     axes.set_xlabel(xlabel)
     axes.set_ylabel("users")
-    if len(values) and np.bincount(values).max() > 50 * max(1, np.median(np.bincount(values)[np.bincount(values) > 0])):
-        axes.set_yscale("log")  # one tall bar (e.g. the stop rule) would flatten the rest
+    filled = heights[heights > 0]
+    if len(filled) and filled.max() > 30 * np.median(filled):
+        axes.set_yscale("log")  # a long tail would be invisible next to the tallest bars
         axes.set_ylabel("users (log scale)")
-    text = "\n".join(f"{name:<6} {stats[name]:g}" for name in ("min", "p25", "median", "mean", "p75", "p90", "p99",
-                                                                  "max"))
-    axes.text(0.98, 0.97, f"n = {stats['count']}\n{text}", transform=axes.transAxes, ha="right", va="top",
-              family="monospace", fontsize=8, bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "#999999"})
+    for label, x in (marks or {}).items():
+        axes.axvline(x, color="#c0392b", linestyle="--", linewidth=1)
+        axes.annotate(label, (x, 1), xycoords=("data", "axes fraction"), xytext=(-3, -12), textcoords="offset points",
+                      color="#c0392b", fontsize=8, ha="right")
+    lines = [f"{'n':<6}{stats['count']:>9}"] + [f"{name:<6}{stats[name]:>9.4g}" for name in
+                                                ("min", "p25", "median", "mean", "p75", "p90", "p99", "max")]
+    # Outside the axes, right of them: never over a bar or a threshold line.
+    axes.text(1.02, 1.0, "\n".join(lines), transform=axes.transAxes, ha="left", va="top", family="monospace",
+              fontsize=8, bbox={"facecolor": "white", "edgecolor": "#999999"})
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
@@ -557,8 +571,12 @@ class WritePairingReport(beam.PTransform):
 
     def _write(self, report: dict[str, Any]) -> str:
         files = {}
+        config = report["config"]
+        marks = {"neighbours_per_user": {f"max {config['max_neighbours']}": config["max_neighbours"]},
+                 "reachable_playlists": {f"min {config['min_reachable']}": config["min_reachable"]}}
         for name, (file_name, title, xlabel) in HISTOGRAMS.items():
-            png = histogram_png(report["distributions"][name], title, xlabel, report["statistics"][name])
+            png = histogram_png(report["distributions"][name], title, xlabel, report["statistics"][name],
+                                marks.get(name))
             path = common.join_path(self._directory, file_name)
             with FileSystems.create(path) as handle:
                 handle.write(png)

@@ -13,6 +13,18 @@ examples, and the wiring of the KNN pairing (``beam_pipelines.knn_pairing``).
 ``run(argv)`` is the only place that reads or writes; everything else is a pure
 function or a composite PTransform. Id rules and feature keys: ``schemas.playlists``.
 
+Output (gzip TFRecords of tf.Example; every index is a 0-based line of a vocabulary file)::
+
+    OUT/train/part-*.tfrecord.gz     user_index, playlist_index, is_owner: one per train membership
+    OUT/valid/, OUT/test/            the same + negative_playlist_index (50), positive_in_candidates
+    OUT/playlist_tracks/part-*       playlist_index, track_index: every playlist's tracks (content)
+    OUT/candidates/part-*            user_index, candidate_playlist_index (<= 75), num_reachable
+    OUT/neighbours/part-*            user_index, neighbour_user_index, neighbour_similarity
+    OUT/pairing/                     pairing_report.json and three histogram PNGs
+    OUT/vocab/{users,playlists,tracks}.txt   raw ids, sorted, one per line
+    OUT/rejected/part-00000-of-00001.jsonl   every unused row: source, line, reason, text
+    OUT/dataset.json                 counts, accounting, splits, sources; written last
+
 Inputs (layouts, validation and duplicate rules: ``beam_pipelines.playlist_collections``):
 Pichl "Spotify Playlists" CSV and Million Playlist Dataset JSON slices
 (``--input``, format detected per file), and optionally ``--interactions``, a
@@ -38,16 +50,22 @@ Split (seeded, stable hashes, made once here): a user with at least
 stable_hash64(seed, "holdout", user id, playlist id); the first goes to
 ``test/``, the second to ``valid/``, the rest to ``train/``. Users with fewer
 stay train-only (counted). Each valid/test example carries ``--num-negatives``
-(50) distinct playlists never in the user's collection (train or held out),
-drawn from all playlists by a generator seeded with stable_hash64(seed,
-"negatives", split, user id), and whether the held-out playlist is among the
-user's KNN candidates. Train examples are (user, playlist, is_owner); the
-trainer draws fresh negatives per batch.
+(50) distinct playlists never in the user's collection (train or held out):
+the first such draws, over all playlists, of a SplitMix64 stream seeded with
+stable_hash64(seed, "negatives", split, user id) (``negative_draws``); and
+whether the held-out playlist is among the user's KNN candidates. Train
+examples are (user, playlist, is_owner); the trainer draws fresh negatives per
+batch.
 
 Accounting: every line / entry read ends in exactly one place (header, blank,
 rejected, duplicate, used) and ``dataset.json`` ``accounting`` proves it per
 input; memberships (owned playlists + used follows) equal train + valid + test
 examples. ``dataset.json`` is written last: a run that dies leaves none.
+
+Memory per worker: the vocabularies as id -> index dicts (about 100 bytes per
+id: ~80 MB at 100k users, 600k playlists, 200k tracks), one bucket of rows at a
+time (1/64 of the input), and the pairing index (``knn_pairing``). Same input
+and seed give byte-identical files on every rerun (shards by stable hash, sorted).
 """
 from __future__ import annotations
 
@@ -82,39 +100,86 @@ def holdout(user: str, playlists: Sequence[str], seed: int, min_playlists: int) 
     return ordered[0], ordered[1]
 
 
-def sample_negatives(num_playlists: int, collection: Collection[int], count: int, seed: int) -> list[int]:
-    """``count`` distinct playlist indices outside ``collection``, reproducibly; all of them when fewer exist.
+_GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def negative_draws(seeds: Sequence[int], start: int, count: int, num_playlists: int) -> np.ndarray:
+    """Draws ``start .. start+count-1`` of each seed's stream: SplitMix64 of ``seed + (j + 1) * gamma``, mod ``num_playlists``.
+
+    One vectorized pass serves a whole bucket of users (a numpy generator per
+    user cost ~60 us just to create); the stream of a seed depends on nothing
+    else, so it is the same on every runner and bucketing. The modulo bias is
+    below ``num_playlists / 2**64``.
+
+    Returns:
+      ``[len(seeds), count]`` int64 playlist indices.
+    """
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as SplitMix64 means it to
+        z = (np.asarray(seeds, dtype=np.uint64)[:, None]
+             + (np.arange(start + 1, start + count + 1, dtype=np.uint64) * _GOLDEN_GAMMA)[None, :])
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(max(1, num_playlists))).astype(np.int64)
+
+
+def sample_negatives_many(num_playlists: int, collections: Sequence[Collection[int]], count: int,
+                          seeds: Sequence[int]) -> list[list[int]]:
+    """For each user, ``count`` distinct playlists outside their collection: the first such draws of their stream.
 
     Args:
       num_playlists: playlists ``0..num_playlists-1`` to draw from.
-      collection: the user's playlist indices (never drawn).
-      count: how many to draw.
-      seed: generator seed (stable hash of run seed, split and user).
+      collections: each user's playlist indices (never drawn).
+      count: negatives per user.
+      seeds: each user's stream seed (stable hash of run seed, split and user).
 
     Returns:
-      The negatives in draw order.
+      Per user, the negatives in draw order; every playlist outside the collection
+      (ascending) when fewer than ``count`` exist.
     """
+    n = len(seeds)
+    if not n or count <= 0:
+        return [[] for _ in range(n)]
+    # Common case, vectorized for the whole bucket: a user's first ``count`` draws
+    # are distinct and outside their collection (with 50 of ~10^5 playlists nearly
+    # always), so they are the answer. Other users walk their stream in Python.
+    draws = negative_draws(seeds, 0, count, num_playlists)
+    stride = np.int64(max(1, num_playlists))
+    owned = np.array([r * stride + p for r, c in enumerate(collections) for p in c], dtype=np.int64)
+    clash = np.isin(np.arange(n, dtype=np.int64)[:, None] * stride + draws, owned).any(axis=1)
+    clash |= (np.diff(np.sort(draws, axis=1), axis=1) == 0).any(axis=1)
+    result = draws.tolist()
+    for r in np.flatnonzero(clash).tolist():
+        result[r] = _walk_stream(num_playlists, collections[r], count, seeds[r])
+    return result
+
+
+def _walk_stream(num_playlists: int, collection: Collection[int], count: int, seed: int) -> list[int]:
+    """The first ``count`` distinct draws of ``seed``'s stream outside ``collection`` (all outside when fewer)."""
     if num_playlists - len(collection) <= count:
         return [p for p in range(num_playlists) if p not in collection]
-    rng = np.random.default_rng(seed)
     chosen: list[int] = []
     seen: set[int] = set()
+    start, width = 0, 2 * count + 16
     while len(chosen) < count:
-        for p in rng.integers(0, num_playlists, size=2 * (count - len(chosen)) + 8).tolist():
-            if p in collection or p in seen:
-                continue
-            seen.add(p)
-            chosen.append(p)
-            if len(chosen) == count:
-                break
+        for p in negative_draws([seed], start, width, num_playlists)[0].tolist():
+            if p not in seen and p not in collection and len(chosen) < count:
+                seen.add(p)
+                chosen.append(p)
+        start += width
     return chosen
 
 
+def sample_negatives(num_playlists: int, collection: Collection[int], count: int, seed: int) -> list[int]:
+    """``sample_negatives_many`` for one user."""
+    return sample_negatives_many(num_playlists, [collection], count, [seed])[0]
+
+
 # --------------------------------------------------------------------------- tf.Example bytes
-_EXAMPLE_CLASS = None
+_EXAMPLE_CLASS = None  # built once per process
 
 
-def _example_class():
+def example_class():
     """``tf.train.Example`` as a protobuf class built from its descriptor, without importing TensorFlow.
 
     Importing TensorFlow costs 10 s and ~650 MB per worker process, and nothing
@@ -122,7 +187,7 @@ def _example_class():
     own C serializer. The messages are declared exactly as
     ``tensorflow/core/example/{example,feature}.proto`` (field numbers and types;
     names in a private pool), so the bytes are those of TensorFlow's classes
-    (``tests/test_playlists_pipeline.py`` compares them).
+    (``tests/test_playlists_parsing.py`` compares them).
     """
     global _EXAMPLE_CLASS
     if _EXAMPLE_CLASS is None:
@@ -165,7 +230,7 @@ def encode_example(int64s: dict[str, Sequence[int]], floats: dict[str, Sequence[
     Returns:
       The bytes of ``tf.train.Example.SerializeToString(deterministic=True)`` (map sorted by key).
     """
-    example = _example_class()()
+    example = example_class()()
     feature = example.features.feature
     for key, values in int64s.items():
         feature[key].int64_list.value.extend(values)
@@ -210,6 +275,7 @@ def split_bucket(collections: Sequence[tuple[str, Sequence[tuple[int, int]]]], u
     evals, users = [], []
     counts = dict.fromkeys(("train_examples", "valid_examples", "test_examples", "users", "users_train_only",
                             "eval_negatives", "users_short_of_negatives"), 0)
+    pending = []  # (user index, split, playlist, is_owner, collection, seed): negatives drawn for all at once
     for user, members in collections:
         u = user_index[user]
         owner_of = dict(members)
@@ -217,12 +283,8 @@ def split_bucket(collections: Sequence[tuple[str, Sequence[tuple[int, int]]]], u
         test, valid = holdout(user, list(by_id), seed, min_playlists)
         held = {} if test is None else {"test": by_id[test], "valid": by_id[valid]}
         for split, playlist in sorted(held.items()):
-            negatives = sample_negatives(len(playlist_ids), owner_of.keys(), num_negatives,
-                                         common.stable_hash64(seed, "negatives", split, user))
-            counts[f"{split}_examples"] += 1
-            counts["eval_negatives"] += len(negatives)
-            counts["users_short_of_negatives"] += len(negatives) < num_negatives
-            evals.append((u, (split, playlist, owner_of[playlist], tuple(negatives))))
+            pending.append((u, split, playlist, owner_of[playlist], owner_of.keys(),
+                            common.stable_hash64(seed, "negatives", split, user)))
         train = [p for p, _ in members if p not in held.values()]
         counts["train_examples"] += len(train)
         train_records.extend(encode_example({S.USER_INDEX: [u], S.PLAYLIST_INDEX: [p], S.IS_OWNER: [owner_of[p]]})
@@ -230,6 +292,13 @@ def split_bucket(collections: Sequence[tuple[str, Sequence[tuple[int, int]]]], u
         users.append((u, user, train, held.get("valid", -1), held.get("test", -1)))
         counts["users"] += 1
         counts["users_train_only"] += not held
+    negatives = sample_negatives_many(len(playlist_ids), [p[4] for p in pending], num_negatives,
+                                      [p[5] for p in pending])
+    for (u, split, playlist, is_owner, _, _), drawn in zip(pending, negatives):
+        counts[f"{split}_examples"] += 1
+        counts["eval_negatives"] += len(drawn)
+        counts["users_short_of_negatives"] += len(drawn) < num_negatives
+        evals.append((u, (split, playlist, is_owner, tuple(drawn))))
     return train_records, evals, users, counts
 
 
@@ -563,8 +632,9 @@ def summarize(args: argparse.Namespace, inputs: dict[str, list[str]], c: dict[st
             "rules": {
                 "holdout": "collection playlists ordered by stable_hash64(seed, 'holdout', user id, playlist id): "
                            "1st -> test, 2nd -> valid, rest -> train; users with fewer playlists stay train-only",
-                "negatives": "distinct playlists never in the user's collection (train or held out), drawn from all "
-                             "playlists, generator seeded by stable_hash64(seed, 'negatives', split, user id)",
+                "negatives": "the first distinct draws never in the user's collection (train or held out) of "
+                             "splitmix64(stable_hash64(seed, 'negatives', split, user id) + (j+1) * 0x9E3779B97F4A7C15) "
+                             "mod num_playlists, j = 0, 1, ...",
                 "hidden": "the held-out user -> playlist edges: in no train example and not in the user's pairing vector",
                 "content": "every playlist's track list (playlist_tracks/, held-out playlists included): public "
                            "content known at serving time",

@@ -163,6 +163,21 @@ def test_negatives_never_in_collection_distinct_and_seeded():
     assert playlists.sample_negatives(10, {1, 2, 3}, 50, seed=0) == [0, 4, 5, 6, 7, 8, 9]
 
 
+def test_negatives_of_a_bucket_are_each_users_own_stream():
+    """The vectorized bucket path gives, per user, the first distinct draws of that user's stream
+    outside their collection, whatever else is in the bucket (clashing users included)."""
+    rng = np.random.default_rng(0)
+    collections = [set(rng.choice(200, size=k, replace=False).tolist()) for k in (0, 3, 120, 9, 150)]
+    seeds = [11, 2**63 + 5, 7, 7, 123456789]
+    together = playlists.sample_negatives_many(200, collections, 40, seeds)
+    for collection, seed, got in zip(collections, seeds, together):
+        assert got == playlists._walk_stream(200, collection, 40, seed)
+        assert got == playlists.sample_negatives(200, collection, 40, seed)
+        assert len(got) == len(set(got)) == 40 and not set(got) & collection
+    stream = playlists.negative_draws([11], 0, 400, 200)[0].tolist()
+    assert together[0] == list(dict.fromkeys(stream))[:40]  # empty collection: the distinct draws in order
+
+
 # --------------------------------------------------------------------------- examples
 def test_encode_example_is_tensorflows_deterministic_bytes():
     from tensorflow.core.example import example_pb2

@@ -17,6 +17,7 @@ REQUIRED = [
     "google-cloud-storage==3.17.1",
     "tensorboard==2.21.0",  # TF 2.21 no longer brings it; the TensorBoard callback needs it
     "matplotlib>=3.8",
+    "scipy>=1.11",  # beam_pipelines.knn_pairing: sparse user x track products (also on Dataflow workers)
     "PyYAML>=6.0",
 ]
 

@@ -291,6 +291,54 @@ def read_counters(result) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- entry points
+def parse_pipeline_args(parser, argv: Sequence[str] | None):
+    """Splits ``argv`` into the pipeline's own flags and Beam pipeline options; anything else is an error.
+
+    Beam's own ``PipelineOptions`` only logs and drops a flag that no options class
+    knows, so a misspelt flag (``--eval_fraction`` for ``--eval-fraction``) would
+    silently run with the default. Here the rest of ``argv`` is parsed with every
+    registered options class, the way ``PipelineOptions.get_all_options`` does,
+    and what is left over is one clear error naming the flag.
+
+    Args:
+      parser: the pipeline's ``argparse.ArgumentParser`` (its own flags).
+      argv: command-line arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+      ``(args, beam_args)``: the parsed own flags and the Beam option strings.
+
+    Raises:
+      PipelineInputError: an argument that is neither a flag of this pipeline nor a Beam option.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    args, rest = parser.parse_known_args(argv)
+    beam_parser = _BeamArgumentParser(allow_abbrev=False)
+    seen = set()
+    for cls in PipelineOptions.__subclasses__():
+        if str(cls) not in seen:
+            seen.add(str(cls))
+            cls._add_argparse_args(beam_parser)  # noqa: SLF001  (what get_all_options does)
+    _, unknown = beam_parser.parse_known_args(rest)
+    if unknown:
+        raise PipelineInputError(
+            f"unrecognized argument(s) {' '.join(unknown)}: neither a flag of {parser.prog} "
+            "nor a Beam pipeline option (see --help; Beam options use underscores, e.g. --temp_location)"
+        )
+    return args, rest
+
+
+def split_summary(output: str, split: str, num_shards: int, examples: int, suffix: str = ".tfrecord.gz") -> dict[str, Any]:
+    """The ``dataset.json`` entry of one split: its example count and shard files (relative to ``output``).
+
+    Every pipeline writes ``"splits": {name: split_summary(...)}``; the trainer checks
+    the files it finds and the examples it reads against it.
+    """
+    del output  # the files are relative, so an output can be copied or moved as a whole
+    return {"examples": int(examples),
+            "files": [shard_path(f"{split}/part", i, num_shards, suffix) for i in range(num_shards)]}
+
+
 def pipeline_main(name: str, run: Callable[[Sequence[str] | None], dict[str, Any]],
                   describe: Callable[[dict[str, Any]], str], argv: Sequence[str] | None = None) -> int:
     """A pipeline's ``main``: runs it, prints a one-line summary, or one error line (exit 2)."""

@@ -534,6 +534,7 @@ class SampleSubgraphs(beam.PTransform):
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="python -m beam_pipelines.lastfm",
+        allow_abbrev=False,
         description="LastFM Asia graph -> sampled GraphTensor tf.Examples (train/valid/test), rejected/, dataset.json",
     )
     parser.add_argument("--edges", required=True, help="edges CSV (node_1,node_2) file or glob")
@@ -549,7 +550,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
                         help="give user nodes the class of train users (never the root's own)")
     parser.add_argument("--num-shards", type=int, default=4)
     parser.add_argument("--max-rejected-fraction", type=float, default=0.05)
-    return parser.parse_known_args(argv)
+    return common.parse_pipeline_args(parser, argv)
 
 
 def _validate(args: argparse.Namespace) -> tuple[float, float, float]:
@@ -657,6 +658,8 @@ def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, i
     }
     return {
         "dataset": "lastfm",
+        "schema": "lastfm",
+        "splits": {name: common.split_summary(args.output, name, args.num_shards, examples[name]) for name in SPLITS},
         "sources": [
             {"path": p, "side": side, "sha256": common.sha256_of(p)}
             for side, paths in (("edges", edges), ("targets", targets), ("features", features))

@@ -12,25 +12,46 @@ reads or writes; everything else is a pure function or a composite PTransform.
 
 Output (see ARCHITECTURE.md)::
 
-    OUT/train/part-*.tfrecord.gz  OUT/eval/part-*.tfrecord.gz   tf.Examples, transformed
-    OUT/transform_fn/  OUT/transformed_metadata/                  tf.Transform output
-    OUT/rejected/part-*.jsonl                                     every unused row + reason
-    OUT/dataset.json                                              counts that add up
+    OUT/{train,valid,test}/part-*.tfrecord.gz   tf.Examples, transformed
+    OUT/transform_fn/  OUT/transformed_metadata/  tf.Transform output (analyzed on train only)
+    OUT/rejected/part-*.jsonl                     every unused row + reason
+    OUT/dataset.json                              counts that add up; written last (the commit marker)
+
+``valid/`` chooses (epochs, hyperparameters); ``test/`` only reports. ``valid/``
+is carved out of the training side by the same rule as ``test/``:
+
+  ============== ================================== ==========================================
+  ``--split``    test                               valid (``--valid-fraction`` of the train side)
+  ============== ================================== ==========================================
+  random         stable hash of (seed, user, item)  another stable hash of (seed, user, item)
+  given          ``--test-input`` (e.g. u1.test)    a seeded fraction of ``--input``, or
+                                                    ``--valid-input``; with ``--negatives-input``
+                                                    each user's latest ``--input`` rating with
+                                                    ``--num-negatives`` sampled negatives
+  temporal       the latest whole days              the latest whole days before the test days
+  leave_one_out  each user's latest rating + N      each user's second-latest + its own N
+                 sampled negatives                  sampled negatives
+  ============== ================================== ==========================================
+
+``--no-valid`` keeps every non-test row in training (``valid/`` is then empty).
 
 Rules:
-  * Every non-blank, non-header line lands in exactly one of train, eval,
-    rejected (malformed) or rejected (duplicate (user, item): the latest
+  * Every non-blank, non-header line lands in exactly one of train, valid,
+    test, rejected (malformed) or rejected (duplicate (user, item): the latest
     rating wins; equal timestamps -> the later input position wins).
-  * Leave-one-out holds out each user's latest rating (same tie rule) and
-    samples ``--num-negatives`` items the user never rated, from all items of
-    the input, with a generator seeded by a stable hash of (seed, user). Users
-    with a single rating keep it in train and get no eval row.
+  * Leave-one-out holds out each user's latest rating (ties: ``--tie-rule``,
+    the later input position by default, or the larger item id) and samples
+    ``--num-negatives`` items the user never rated, from all items of the
+    input, with a generator seeded by a stable hash of (seed, user); valid is
+    the second-latest with its own negatives. Users with one rating keep it in
+    train; users with two give train + test and no valid row.
   * Splits and samples are made from stable hashes, so the same input and seed
     give the same files on every rerun and runner.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -52,22 +73,25 @@ from schemas import ratings as F
 FORMATS = ("tab", "dat", "csv", "ncf")
 DELIMITERS = {"tab": "\t", "ncf": "\t", "dat": "::", "csv": ","}
 SPLITS = ("random", "given", "temporal", "leave_one_out")
-OUTPUT_NAMES = ("train", "eval", "rejected", "transform_fn", "transformed_metadata", "dataset.json")
+OUTPUT_NAMES = ("train", "valid", "test", "eval", "rejected", "transform_fn", "transformed_metadata", "dataset.json")
 SECONDS_PER_DAY = 86400
 DEDUP_BUCKETS = 64  # shuffle buckets for duplicate detection
 RECORD_BATCH_SIZE = 20_000  # rows per Arrow record batch fed to tf.Transform
-TRAIN, EVAL = "train", "eval"
-INPUT_SIDE, EVAL_INPUT_SIDE = "input", "eval_input"
+TRAIN, VALID, TEST = "train", "valid", "test"
+SPLIT_NAMES = (TRAIN, VALID, TEST)
+INPUT_SIDE, VALID_INPUT_SIDE, TEST_INPUT_SIDE = "input", "valid_input", "test_input"
+TIE_RULES = ("later-position", "larger-item")  # leave-one-out: which of equal latest timestamps is held out
 
 
 # Counters used outside DoFn instances are created once, not per element.
 _DUPLICATES_DROPPED = common.counter("duplicates_dropped")
-_EVAL_NEGATIVES = common.counter("eval_negatives")
-_ROWS = {TRAIN: common.counter("train_rows"), EVAL: common.counter("eval_rows")}
+_NEGATIVES = {VALID: common.counter("valid_negatives"), TEST: common.counter("test_negatives")}
+_ROWS = {name: common.counter(f"{name}_rows") for name in SPLIT_NAMES}
 _LOO_ONE_RATING = common.counter("loo_users_with_one_rating")
+_LOO_NO_VALID = common.counter("loo_users_without_valid")
 _LOO_SHORT = common.counter("loo_users_short_of_negatives")
-_CUTOFF_DAY = common.counter("temporal_cutoff_day_value")
-_NEGATIVES_UNMATCHED = common.counter("eval_rows_without_listed_negatives")
+_CUTOFF_DAY = {TEST: common.counter("temporal_cutoff_day_value"), VALID: common.counter("temporal_valid_cutoff_day_value")}
+_NEGATIVES_UNMATCHED = common.counter("test_rows_without_listed_negatives")
 _NEGATIVES_WITH_POSITIVE = common.counter("listed_negatives_holding_the_positive")
 
 
@@ -84,12 +108,21 @@ class Rating(NamedTuple):
     timestamp: int
     source: str
     line: int
-    side: str  # INPUT_SIDE, or EVAL_INPUT_SIDE for --eval-input of a given split
+    side: str  # INPUT_SIDE, or VALID_INPUT_SIDE / TEST_INPUT_SIDE for --valid-input / --test-input
     text: str
 
     def position(self) -> tuple[int, str, int]:
         """Orders ratings by time, then input position (the documented tie rule)."""
         return (self.timestamp, self.source, self.line)
+
+    def larger_item_position(self) -> tuple[int, int, str, int]:
+        """Orders ratings by time, then item id (equal times: the larger item id is later)."""
+        return (self.timestamp, int(self.item), self.source, self.line)
+
+
+def position_key(tie_rule: str):
+    """The ordering of one user's ratings that picks the held-out ones (latest last)."""
+    return Rating.larger_item_position if tie_rule == "larger-item" else Rating.position
 
 
 # --------------------------------------------------------------------------- parsing
@@ -218,7 +251,7 @@ class ParseNegativeLines(beam.DoFn):
 
 
 def attach_given_negatives(rating: Rating, given: dict[str, tuple[str, list[str]]]) -> list[str]:
-    """The listed negatives of an eval rating, without its own positive item.
+    """The listed negatives of a test rating, without its own positive item.
 
     The NCF ML-1M file lists the held-out item among its own 99 negatives for
     156 users; a candidate equal to the positive is dropped (and counted).
@@ -307,23 +340,44 @@ def _drop_duplicates(bucket: int, ratings: list[tuple]) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------- splits
-def is_random_eval(rating: Rating, seed: int, eval_fraction: float) -> bool:
-    """Random split by a stable hash of (seed, user, item)."""
-    return common.stable_fraction(seed, "split", rating.user, rating.item) < eval_fraction
+def hash_split(rating: Rating, seed: int, test_fraction: float, valid_fraction: float) -> str:
+    """Random split: test by a stable hash of (seed, user, item), valid by another one among the rest.
+
+    ``valid_fraction`` is a fraction of the train side (the rows not in test).
+    """
+    if common.stable_fraction(seed, "split", rating.user, rating.item) < test_fraction:
+        return TEST
+    return hashed_valid(rating, seed, valid_fraction)
 
 
-def temporal_cutoff_day(day_counts: Iterable[tuple[int, int]], eval_fraction: float) -> int:
-    """The first day D such that ratings on days >= D are at most ``eval_fraction``.
+def hashed_valid(rating: Rating, seed: int, valid_fraction: float) -> str:
+    """``VALID`` for a seeded ``valid_fraction`` of train-side ratings, else ``TRAIN``."""
+    if valid_fraction and common.stable_fraction(seed, "valid", rating.user, rating.item) < valid_fraction:
+        return VALID
+    return TRAIN
 
-    Whole days go to one side, so the eval share can fall a little short of the
-    fraction; ratings on or after D are the eval set.
+
+def given_split(rating: Rating, seed: int, valid_fraction: float, has_valid_input: bool) -> str:
+    """Given files: ``--test-input`` rows are test, ``--valid-input`` rows valid, the rest train or valid."""
+    if rating.side == TEST_INPUT_SIDE:
+        return TEST
+    if rating.side == VALID_INPUT_SIDE:
+        return VALID
+    return TRAIN if has_valid_input else hashed_valid(rating, seed, valid_fraction)
+
+
+def temporal_cutoff_day(day_counts: Iterable[tuple[int, int]], fraction: float, flag: str = "--test-fraction") -> int:
+    """The first day D such that ratings on days >= D are at most ``fraction`` of them.
+
+    Whole days go to one side, so the held-out share can fall a little short of
+    the fraction; ratings on or after D are held out.
 
     Raises:
       common.PipelineInputError: even the last day alone exceeds the fraction.
     """
     counts = sorted(day_counts)
     total = sum(c for _, c in counts)
-    budget = eval_fraction * total
+    budget = fraction * total
     tail = 0
     cutoff = None
     for day, c in reversed(counts):
@@ -333,7 +387,7 @@ def temporal_cutoff_day(day_counts: Iterable[tuple[int, int]], eval_fraction: fl
         cutoff = day
     if cutoff is None or tail == 0:
         raise common.PipelineInputError(
-            f"temporal split: the last day alone holds more than --eval-fraction {eval_fraction} of the ratings"
+            f"temporal split: the last day alone holds more than {flag} {fraction} of the ratings"
         )
     return cutoff
 
@@ -368,32 +422,65 @@ def sample_negatives(all_items: Sequence[str], rated: set[str], count: int, seed
     return chosen
 
 
+def _negatives_for(user: str, split: str, rated: set[str], all_items: Sequence[str], num_negatives: int,
+                   seed: int) -> list[str]:
+    """The sampled candidates of one held-out rating; test keeps the seed stream it always had."""
+    if not num_negatives:
+        return []
+    stream = "negatives" if split == TEST else "valid_negatives"
+    negatives = sample_negatives(all_items, rated, num_negatives, common.stable_hash64(seed, stream, user))
+    if len(negatives) < num_negatives:
+        _LOO_SHORT.inc()
+    return negatives
+
+
 def leave_one_out(
-    user: str, ratings: Iterable[Rating], all_items: Sequence[str], num_negatives: int, seed: int
+    user: str, ratings: Iterable[Rating], all_items: Sequence[str], num_negatives: int, seed: int,
+    with_valid: bool = True, tie_rule: str = "later-position",
 ) -> Iterator[tuple[str, Rating, list[str]]]:
-    """Holds out the user's latest rating and samples its negatives.
+    """Holds out the user's latest rating for test and the second-latest for valid, with negatives.
 
     Yields:
-      ``(TRAIN, rating, [])`` for training rows and one ``(EVAL, rating, negatives)``.
+      ``(TRAIN, rating, [])`` for training rows, one ``(TEST, rating, negatives)``
+      and (with ``with_valid`` and at least three ratings) one ``(VALID, rating, negatives)``.
     """
-    ordered = sorted(ratings, key=Rating.position)
+    ordered = sorted(ratings, key=position_key(tie_rule))
     if len(ordered) < 2:
         _LOO_ONE_RATING.inc()
         for rating in ordered:
             yield TRAIN, rating, []
         return
-    for rating in ordered[:-1]:
+    rated = {r.item for r in ordered}
+    held = {TEST: ordered[-1]}
+    if with_valid and len(ordered) >= 3:
+        held[VALID] = ordered[-2]
+    elif with_valid:
+        _LOO_NO_VALID.inc()
+    for rating in ordered[: len(ordered) - len(held)]:
         yield TRAIN, rating, []
-    held_out = ordered[-1]
-    negatives: list[str] = []
-    if num_negatives:
-        rated = {r.item for r in ordered}
-        negatives = sample_negatives(
-            all_items, rated, num_negatives, common.stable_hash64(seed, "negatives", user)
-        )
-        if len(negatives) < num_negatives:
-            _LOO_SHORT.inc()
-    yield EVAL, held_out, negatives
+    for split in (VALID, TEST):
+        if split in held:
+            yield split, held[split], _negatives_for(user, split, rated, all_items, num_negatives, seed)
+
+
+def given_with_listed_negatives(
+    user: str, ratings: Iterable[Rating], given: dict[str, tuple[str, list[str]]], all_items: Sequence[str],
+    num_negatives: int, seed: int, with_valid: bool, tie_rule: str,
+) -> Iterator[tuple[str, Rating, list[str]]]:
+    """Given files with listed test negatives (NCF): test from ``--test-input`` with its listed
+    negatives, valid = the user's latest ``--input`` rating with ``num_negatives`` sampled ones."""
+    ratings = list(ratings)
+    base = sorted((r for r in ratings if r.side == INPUT_SIDE), key=position_key(tie_rule))
+    rated = {r.item for r in ratings}
+    for rating in ratings:
+        if rating.side == TEST_INPUT_SIDE:
+            yield TEST, rating, attach_given_negatives(rating, given)
+    held = base[-1] if with_valid and len(base) >= 2 else None
+    for rating in base:
+        if rating is not held:
+            yield TRAIN, rating, []
+    if held is not None:
+        yield VALID, held, _negatives_for(user, VALID, rated, all_items, num_negatives, seed)
 
 
 RawRow = tuple  # (user, item, rating, timestamp, negatives): one row for tf.Transform
@@ -483,77 +570,110 @@ def raw_tensor_adapter_config():
     return tfxio.TensorAdapterConfig(arrow_schema, representations)
 
 
-class SplitRatings(beam.PTransform):
-    """Deduplicated ``Rating``s -> ``{"train": raw rows, "eval": raw rows}``."""
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+    """How ``SplitRatings`` divides the ratings (the pipeline flags, validated)."""
 
-    def __init__(self, split: str, eval_fraction: float, seed: int, num_negatives: int, given_negatives=None):
+    protocol: str  # one of SPLITS
+    seed: int = 0
+    test_fraction: float = 0.1  # random / temporal
+    valid_fraction: float = 0.1  # of the train side; 0: valid/ stays empty
+    num_negatives: int = 99  # leave_one_out, and valid of given + listed negatives
+    has_valid_input: bool = False  # given: valid rows come from --valid-input
+    tie_rule: str = "later-position"
+
+    @property
+    def with_valid(self) -> bool:
+        return self.has_valid_input or self.valid_fraction > 0
+
+
+class SplitRatings(beam.PTransform):
+    """Deduplicated ``Rating``s -> ``{"train", "valid", "test"}`` PCollections of raw rows."""
+
+    def __init__(self, spec: SplitSpec, given_negatives=None):
         """``given_negatives``: optional PCollection of ``(user, (item, negatives))``
-        from an NCF ``.test.negative`` file, attached to the eval rows of a given split."""
+        from an NCF ``.test.negative`` file, attached to the test rows of a given split."""
         super().__init__()
+        self._spec = spec
         self._given_negatives = given_negatives
-        self._split = split
-        self._eval_fraction = eval_fraction
-        self._seed = seed
-        self._num_negatives = num_negatives
 
     def expand(self, ratings):
-        seed, fraction = self._seed, self._eval_fraction
-        if self._split == "leave_one_out":
-            all_items = (
-                ratings
-                | "Items" >> beam.Map(lambda r: r.item)
-                | "DistinctItems" >> beam.Distinct()
-                | "ItemList" >> beam.combiners.ToList()
-                | "SortItems" >> beam.Map(sorted)
-            )
-            num_negatives = self._num_negatives
-            assigned = (
-                ratings
-                | "KeyByUser" >> beam.Map(lambda r: (r.user, tuple(r)))
-                | "GroupByUser" >> beam.GroupByKey()
-                | "LeaveOneOut"
-                >> beam.FlatMap(
-                    lambda group, items: leave_one_out(
-                        group[0], map(Rating._make, group[1]), items, num_negatives, seed
-                    ),
-                    items=beam.pvalue.AsSingleton(all_items),
-                )
-            )
-        elif self._split == "temporal":
-            cutoff = (
-                ratings
-                | "Day" >> beam.Map(lambda r: r.timestamp // SECONDS_PER_DAY)
-                | "CountPerDay" >> beam.combiners.Count.PerElement()
-                | "DayCounts" >> beam.combiners.ToList()
-                | "CutoffDay" >> beam.Map(lambda counts: _record_cutoff(temporal_cutoff_day(counts, fraction)))
-            )
-            assigned = ratings | "AssignByTime" >> beam.Map(
-                lambda r, day: (EVAL if r.timestamp // SECONDS_PER_DAY >= day else TRAIN, r, []),
-                day=beam.pvalue.AsSingleton(cutoff),
-            )
-        elif self._split == "given" and self._given_negatives is not None:
+        spec = self._spec
+        if spec.protocol == "leave_one_out" or (spec.protocol == "given" and self._given_negatives is not None):
+            assigned = self._per_user(ratings)
+        elif spec.protocol == "temporal":
+            assigned = self._temporal(ratings)
+        elif spec.protocol == "given":
             assigned = ratings | "AssignBySide" >> beam.Map(
-                lambda r, given: (EVAL, r, attach_given_negatives(r, given)) if r.side == EVAL_INPUT_SIDE else (TRAIN, r, []),
-                given=beam.pvalue.AsDict(self._given_negatives),
-            )
-        elif self._split == "given":
-            assigned = ratings | "AssignBySide" >> beam.Map(
-                lambda r: (EVAL if r.side == EVAL_INPUT_SIDE else TRAIN, r, [])
-            )
+                lambda r: (given_split(r, spec.seed, spec.valid_fraction, spec.has_valid_input), r, []))
         else:
             assigned = ratings | "AssignByHash" >> beam.Map(
-                lambda r: (EVAL if is_random_eval(r, seed, fraction) else TRAIN, r, [])
+                lambda r: (hash_split(r, spec.seed, spec.test_fraction, spec.valid_fraction), r, []))
+        parts = assigned | "Partition" >> beam.Partition(lambda a, _: SPLIT_NAMES.index(a[0]), len(SPLIT_NAMES))
+        return {name: parts[i] | f"Encode{name.title()}" >> beam.Map(_encode_counted, name)
+                for i, name in enumerate(SPLIT_NAMES)}
+
+    def _per_user(self, ratings):
+        """Leave-one-out, or given files with listed negatives: every user's ratings in one place."""
+        spec = self._spec
+        all_items = (
+            ratings
+            | "Items" >> beam.Map(lambda r: r.item)
+            | "DistinctItems" >> beam.Distinct()
+            | "ItemList" >> beam.combiners.ToList()
+            | "SortItems" >> beam.Map(sorted)
+        )
+        grouped = (ratings
+                   | "KeyByUser" >> beam.Map(lambda r: (r.user, tuple(r)))
+                   | "GroupByUser" >> beam.GroupByKey())
+        if spec.protocol == "leave_one_out":
+            return grouped | "LeaveOneOut" >> beam.FlatMap(
+                lambda group, items: leave_one_out(group[0], map(Rating._make, group[1]), items, spec.num_negatives,
+                                                   spec.seed, spec.with_valid, spec.tie_rule),
+                items=beam.pvalue.AsSingleton(all_items),
             )
-        parts = assigned | "Partition" >> beam.Partition(lambda a, _: 0 if a[0] == TRAIN else 1, 2)
-        return {
-            TRAIN: parts[0] | "EncodeTrain" >> beam.Map(_encode_counted, TRAIN),
-            EVAL: parts[1] | "EncodeEval" >> beam.Map(_encode_counted, EVAL),
-        }
+        return grouped | "GivenWithNegatives" >> beam.FlatMap(
+            lambda group, items, given: given_with_listed_negatives(
+                group[0], map(Rating._make, group[1]), given, items, spec.num_negatives, spec.seed,
+                spec.with_valid, spec.tie_rule),
+            items=beam.pvalue.AsSingleton(all_items),
+            given=beam.pvalue.AsDict(self._given_negatives),
+        )
+
+    def _temporal(self, ratings):
+        """The latest whole days are test; the latest whole days before them are valid."""
+        spec = self._spec
+
+        def cutoff(rows, label: str, split: str, fraction: float, flag: str):
+            return (
+                rows
+                | f"Day{label}" >> beam.Map(lambda r: r.timestamp // SECONDS_PER_DAY)
+                | f"CountPerDay{label}" >> beam.combiners.Count.PerElement()
+                | f"DayCounts{label}" >> beam.combiners.ToList()
+                | f"CutoffDay{label}" >> beam.Map(lambda counts: _record_cutoff(
+                    temporal_cutoff_day(counts, fraction, flag), split))
+            )
+
+        test_day = cutoff(ratings, "", TEST, spec.test_fraction, "--test-fraction")
+        by_test = ratings | "AssignTestByTime" >> beam.Map(
+            lambda r, day: (TEST if r.timestamp // SECONDS_PER_DAY >= day else TRAIN, r, []),
+            day=beam.pvalue.AsSingleton(test_day),
+        )
+        if not spec.valid_fraction:
+            return by_test
+        parts = by_test | "TestOrNot" >> beam.Partition(lambda a, _: 0 if a[0] == TEST else 1, 2)
+        train_side = parts[1] | "TrainSide" >> beam.Map(lambda a: a[1])
+        valid_day = cutoff(train_side, "Valid", VALID, spec.valid_fraction, "--valid-fraction")
+        by_valid = train_side | "AssignValidByTime" >> beam.Map(
+            lambda r, day: (VALID if r.timestamp // SECONDS_PER_DAY >= day else TRAIN, r, []),
+            day=beam.pvalue.AsSingleton(valid_day),
+        )
+        return (parts[0], by_valid) | "FlattenTemporal" >> beam.Flatten()
 
 
-def _record_cutoff(day: int) -> int:
+def _record_cutoff(day: int, split: str) -> int:
     """Passes the cutoff on and records it (a counter incremented once by its value)."""
-    _CUTOFF_DAY.inc(day)
+    _CUTOFF_DAY[split].inc(day)
     return day
 
 
@@ -561,7 +681,7 @@ def _encode_counted(assigned: tuple[str, Rating, list[str]], partition: str) -> 
     _, rating, negatives = assigned
     _ROWS[partition].inc()
     if negatives:
-        _EVAL_NEGATIVES.inc(len(negatives))
+        _NEGATIVES[partition].inc(len(negatives))
     return to_raw_row(rating, negatives)
 
 
@@ -598,8 +718,8 @@ class TransformAndWrite(beam.PTransform):
     tf.Transform is fed RecordBatches with a TFXIO TensorAdapterConfig (the
     fast path of PITFALLS.md; Python dicts are slow and crash at exit).
 
-    Analyzes the train rows only, transforms train and eval with the same
-    ``transform_fn`` and writes it beside the data.
+    Analyzes the train rows only, transforms train, valid and test with the
+    same ``transform_fn`` and writes it beside the data.
     """
 
     def __init__(self, output: str, temp_dir: str, num_shards: int):
@@ -617,13 +737,14 @@ class TransformAndWrite(beam.PTransform):
         # TensorFlow calls, so fewer, bigger batches are much faster.
         with tft_beam.Context(temp_dir=self._temp_dir, desired_batch_size=RECORD_BATCH_SIZE):
             raw_train = rows[TRAIN] | "BatchTrain" >> beam.ParDo(BatchRawRows(RECORD_BATCH_SIZE))
-            raw_eval = rows[EVAL] | "BatchEval" >> beam.ParDo(BatchRawRows(RECORD_BATCH_SIZE))
             (train, _), transform_fn = (raw_train, config) | "AnalyzeAndTransform" >> (
                 tft_beam.AnalyzeAndTransformDataset(preprocessing_fn, output_record_batches=True)
             )
-            eval_, _ = ((raw_eval, config), transform_fn) | "TransformEval" >> tft_beam.TransformDataset(
-                output_record_batches=True
-            )
+            transformed = {TRAIN: train}
+            for name in (VALID, TEST):
+                raw = rows[name] | f"Batch{name.title()}" >> beam.ParDo(BatchRawRows(RECORD_BATCH_SIZE))
+                transformed[name], _ = ((raw, config), transform_fn) | f"Transform{name.title()}" >> (
+                    tft_beam.TransformDataset(output_record_batches=True))
             written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(self._output)
 
         def to_examples(batch_and_passthrough):
@@ -638,7 +759,7 @@ class TransformAndWrite(beam.PTransform):
                 for serialized in example_coder.RecordBatchToExamples(batch_and_passthrough[0])
             ]
 
-        for name, data in ((TRAIN, train), (EVAL, eval_)):
+        for name, data in transformed.items():
             _ = (
                 data
                 | f"ToExamples{name.title()}" >> beam.FlatMap(to_examples)
@@ -663,7 +784,7 @@ class ReadRatings(beam.PTransform):
     def expand(self, pbegin):
         parsed, rejected = [], []
         for side, files in sorted(self._files_by_side.items()):
-            label = "Eval" if side == EVAL_INPUT_SIDE else ""
+            label = {INPUT_SIDE: "", VALID_INPUT_SIDE: "Valid", TEST_INPUT_SIDE: "Test"}[side]
             result = (
                 pbegin
                 | f"Read{label}Lines" >> common.ReadPositionedLines(files)
@@ -687,39 +808,68 @@ class ReadRatings(beam.PTransform):
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The pipeline's flags and the Beam options; any other argument is an error.
+
+    Raises:
+      common.PipelineInputError: an argument that is neither (e.g. ``--eval_fraction``).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m beam_pipelines.movielens",
         description=__doc__.split("\n\n")[0],
-        epilog="Any other flag is a Beam pipeline option (--runner, --project, --region, "
-        "--temp_location, --setup_file, ...).",
+        epilog="Any other flag must be a Beam pipeline option (--runner, --project, --region, "
+        "--temp_location, --setup_file, ...); anything else is an error.",
+        allow_abbrev=False,
     )
     parser.add_argument("--input", required=True, help="ratings file or glob (local or gs://)")
     parser.add_argument("--output", required=True, help="output directory (local or gs://)")
     parser.add_argument("--format", default="auto", choices=("auto", *FORMATS))
     parser.add_argument("--split", default="random", choices=SPLITS)
-    parser.add_argument("--eval-fraction", type=float, default=0.1)
-    parser.add_argument("--eval-input", help="eval file or glob for --split given (e.g. u1.test)")
-    parser.add_argument("--num-negatives", type=int, default=99, help="leave_one_out: negatives per eval user")
+    parser.add_argument("--test-fraction", "--eval-fraction", dest="test_fraction", type=float, default=0.1,
+                        help="random/temporal: share of the ratings held out for test (--eval-fraction: old name)")
+    parser.add_argument("--valid-fraction", type=float, default=0.1,
+                        help="share of the train side held out for valid (every protocol but leave_one_out "
+                             "and given with --valid-input / --negatives-input)")
+    parser.add_argument("--no-valid", action="store_true", help="no valid split: every non-test row trains")
+    parser.add_argument("--test-input", "--eval-input", dest="test_input",
+                        help="given split: the test file or glob (e.g. u1.test; --eval-input: old name)")
+    parser.add_argument("--valid-input", help="given split: a file or glob of valid rows (instead of a fraction)")
+    parser.add_argument("--num-negatives", type=int, default=99,
+                        help="leave_one_out (and valid of given + --negatives-input): sampled negatives per held-out user")
     parser.add_argument(
         "--negatives-input",
-        help="given split: NCF .test.negative file whose listed negatives become the eval candidates",
+        help="given split: NCF .test.negative file whose listed negatives become the test candidates",
     )
+    parser.add_argument("--tie-rule", default="later-position", choices=TIE_RULES,
+                        help="leave_one_out: which of a user's equally latest ratings is held out")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=8)
     parser.add_argument("--max-rejected-fraction", type=float, default=0.01)
     parser.add_argument("--rating-range", default="0,5", help="inclusive LOW,HIGH of a valid rating")
-    return parser.parse_known_args(argv)
+    return common.parse_pipeline_args(parser, argv)
 
 
-def _validate(args: argparse.Namespace) -> tuple[float, float]:
-    if args.split == "given" and not args.eval_input:
-        raise common.PipelineInputError("--split given needs --eval-input (e.g. u1.test)")
-    if args.eval_input and args.split != "given":
-        raise common.PipelineInputError("--eval-input is only used with --split given")
-    if args.negatives_input and args.split != "given":
-        raise common.PipelineInputError("--negatives-input is only used with --split given (e.g. NCF test files)")
-    if args.split in ("random", "temporal") and not 0.0 < args.eval_fraction < 1.0:
-        raise common.PipelineInputError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction}")
+def _validate(args: argparse.Namespace) -> tuple[tuple[float, float], SplitSpec]:
+    """Checks flag combinations; returns the rating range and the split spec.
+
+    Raises:
+      common.PipelineInputError: a flag value or combination that cannot work.
+    """
+    if args.split == "given" and not args.test_input:
+        raise common.PipelineInputError("--split given needs --test-input (e.g. u1.test)")
+    for flag, value in (("--test-input", args.test_input), ("--valid-input", args.valid_input),
+                        ("--negatives-input", args.negatives_input)):
+        if value and args.split != "given":
+            raise common.PipelineInputError(f"{flag} is only used with --split given")
+    if args.valid_input and args.negatives_input:
+        raise common.PipelineInputError(
+            "--valid-input cannot be combined with --negatives-input: with listed test negatives the valid "
+            "rows are each user's latest --input rating with --num-negatives sampled negatives")
+    if args.valid_input and args.no_valid:
+        raise common.PipelineInputError("--valid-input and --no-valid contradict each other")
+    if args.split in ("random", "temporal") and not 0.0 < args.test_fraction < 1.0:
+        raise common.PipelineInputError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    if not 0.0 <= args.valid_fraction < 1.0:
+        raise common.PipelineInputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
     if args.num_shards < 1:
         raise common.PipelineInputError(f"--num-shards must be >= 1, got {args.num_shards}")
     if args.num_negatives < 0:
@@ -730,7 +880,12 @@ def _validate(args: argparse.Namespace) -> tuple[float, float]:
         low, high = (float(v) for v in args.rating_range.split(","))
     except ValueError:
         raise common.PipelineInputError(f"--rating-range must be LOW,HIGH, got {args.rating_range!r}") from None
-    return low, high
+    valid_fraction = 0.0 if args.no_valid else args.valid_fraction
+    if args.split == "leave_one_out" or (args.split == "given" and args.negatives_input):
+        valid_fraction = 0.0 if args.no_valid else 1.0  # one held-out row per user, not a fraction
+    spec = SplitSpec(args.split, seed=args.seed, test_fraction=args.test_fraction, valid_fraction=valid_fraction,
+                     num_negatives=args.num_negatives, has_valid_input=bool(args.valid_input), tie_rule=args.tie_rule)
+    return (low, high), spec
 
 
 def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
@@ -740,10 +895,12 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
       common.PipelineInputError: bad flags, unreadable input, or too many rejects.
     """
     args, beam_args = parse_args(argv)
-    rating_range = _validate(args)
+    rating_range, spec = _validate(args)
     files_by_side = {INPUT_SIDE: common.match_files(args.input, "--input")}
-    if args.eval_input:
-        files_by_side[EVAL_INPUT_SIDE] = common.match_files(args.eval_input, "--eval-input")
+    if args.test_input:
+        files_by_side[TEST_INPUT_SIDE] = common.match_files(args.test_input, "--test-input")
+    if args.valid_input:
+        files_by_side[VALID_INPUT_SIDE] = common.match_files(args.valid_input, "--valid-input")
     formats = {
         path: (args.format if args.format != "auto" else detect_format(path, common.first_lines(path)))
         for files in files_by_side.values()
@@ -770,9 +927,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         )
         given_negatives = parsed_negatives.negatives
         rejected.append(parsed_negatives.rejected)
-    rows = read["ratings"] | "Split" >> SplitRatings(
-        args.split, args.eval_fraction, args.seed, args.num_negatives, given_negatives
-    )
+    rows = read["ratings"] | "Split" >> SplitRatings(spec, given_negatives)
     _ = rows | "TransformAndWrite" >> TransformAndWrite(args.output, temp_dir, args.num_shards)
     _ = (
         rejected
@@ -786,7 +941,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     if local_temp:
         shutil.rmtree(local_temp, ignore_errors=True)
     counts = common.read_counters(result)
-    summary = summarize(args, files_by_side, formats, counts, time.time() - started)
+    summary = summarize(args, spec, files_by_side, formats, counts, time.time() - started)
     _check_rejects(args, summary)
     if not summary["accounting"]["balanced"]:
         # Never seen on the default in_memory DirectRunner or Dataflow; seen with
@@ -802,8 +957,46 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     return summary
 
 
+COUNT_NAMES = (
+    "lines_read", "header_lines", "blank_lines", "rejected_rows", "duplicates_dropped",
+    "train_rows", "valid_rows", "test_rows", "valid_negatives", "test_negatives",
+    "loo_users_with_one_rating", "loo_users_without_valid", "loo_users_short_of_negatives",
+)
+ACCOUNTED = ("header_lines", "blank_lines", "rejected_rows", "duplicates_dropped", "train_rows", "valid_rows", "test_rows")
+
+
+def split_protocol(args: argparse.Namespace, spec: SplitSpec, counters: dict[str, int]) -> dict[str, Any]:
+    """The ``dataset.json`` ``split`` entry: how test and valid were made."""
+    split: dict[str, Any] = {"protocol": spec.protocol, "seed": spec.seed}
+    if spec.protocol in ("random", "temporal"):
+        split["test_fraction"] = spec.test_fraction
+    if spec.protocol == "temporal":
+        split["cutoff_day"] = counters.get("temporal_cutoff_day_value")
+    if spec.protocol == "leave_one_out":
+        split["num_negatives"] = spec.num_negatives
+        split["tie_rule"] = {"later-position": "latest timestamp; equal timestamps -> later (file path, line)",
+                             "larger-item": "latest timestamp; equal timestamps -> larger item id"}[spec.tie_rule]
+    if not spec.with_valid:
+        valid = {"rule": "none (--no-valid): every non-test row trains"}
+    elif spec.protocol == "leave_one_out":
+        valid = {"rule": "each user's second-latest rating (same tie rule), its own sampled negatives",
+                 "num_negatives": spec.num_negatives}
+    elif args.negatives_input:
+        valid = {"rule": "each user's latest --input rating, with sampled negatives", "num_negatives": spec.num_negatives}
+    elif spec.has_valid_input:
+        valid = {"rule": "--valid-input rows", "source": args.valid_input}
+    elif spec.protocol == "temporal":
+        valid = {"rule": "the latest whole days before the test days", "valid_fraction": spec.valid_fraction,
+                 "cutoff_day": counters.get("temporal_valid_cutoff_day_value")}
+    else:
+        valid = {"rule": "a stable hash of (seed, user, item) over the train side", "valid_fraction": spec.valid_fraction}
+    split["valid"] = valid
+    return split
+
+
 def summarize(
     args: argparse.Namespace,
+    spec: SplitSpec,
     files_by_side: dict[str, list[str]],
     formats: dict[str, str],
     counters: dict[str, int],
@@ -812,25 +1005,11 @@ def summarize(
     """Builds ``dataset.json``: sources, split protocol, counts, vocabularies, statistics."""
     import tensorflow_transform as tft
 
-    names = (
-        "lines_read", "header_lines", "blank_lines", "rejected_rows", "duplicates_dropped",
-        "train_rows", "eval_rows", "eval_negatives", "loo_users_with_one_rating",
-        "loo_users_short_of_negatives",
-    )
-    counts = {name: counters.get(name, 0) for name in names}
-    accounted = sum(
-        counts[n] for n in ("header_lines", "blank_lines", "rejected_rows", "duplicates_dropped", "train_rows", "eval_rows")
-    )
+    counts = {name: counters.get(name, 0) for name in COUNT_NAMES}
+    accounted = sum(counts[n] for n in ACCOUNTED)
     transform_output = tft.TFTransformOutput(args.output)
     stats = _rating_statistics(transform_output)
-    split: dict[str, Any] = {"protocol": args.split, "seed": args.seed}
-    if args.split in ("random", "temporal"):
-        split["eval_fraction"] = args.eval_fraction
-    if args.split == "leave_one_out":
-        split["num_negatives"] = args.num_negatives
-        split["tie_rule"] = "latest timestamp; equal timestamps -> later (file path, line)"
-    if args.split == "temporal":
-        split["cutoff_day"] = counters.get("temporal_cutoff_day_value")
+    split = split_protocol(args, spec, counters)
     if args.negatives_input:
         split["given_negatives"] = {
             "source": args.negatives_input,
@@ -839,21 +1018,24 @@ def summarize(
                 name: counters.get(name, 0)
                 for name in (
                     "negative_lines_read", "negative_lines_rejected",
-                    "eval_rows_without_listed_negatives", "listed_negatives_holding_the_positive",
+                    "test_rows_without_listed_negatives", "listed_negatives_holding_the_positive",
                 )
             },
         }
     return {
         "dataset": "movielens",
+        "schema": "ratings",
         "sources": [
             {"path": path, "side": side, "format": formats[path], "sha256": common.sha256_of(path)}
             for side, files in sorted(files_by_side.items())
             for path in files
         ],
         "split": split,
+        "splits": {name: common.split_summary(args.output, name, args.num_shards, counts[f"{name}_rows"])
+                   for name in SPLIT_NAMES},
         "counts": counts,
         "accounting": {
-            "rule": "lines_read = header_lines + blank_lines + rejected_rows + duplicates_dropped + train_rows + eval_rows",
+            "rule": "lines_read = " + " + ".join(ACCOUNTED),
             "accounted": accounted,
             "balanced": accounted == counts["lines_read"],
         },
@@ -906,7 +1088,7 @@ def _check_rejects(args: argparse.Namespace, summary: dict[str, Any]) -> None:
 def _describe(summary: dict[str, Any]) -> str:
     counts = summary["counts"]
     return (
-        f"{counts['train_rows']} train, {counts['eval_rows']} eval, "
+        f"{counts['train_rows']} train, {counts['valid_rows']} valid, {counts['test_rows']} test, "
         f"{counts['rejected_rows']} rejected, {counts['duplicates_dropped']} duplicates dropped; "
         f"{summary['vocabulary']['user']} users, {summary['vocabulary']['item']} items; "
         f"{summary['pipeline_seconds']} s"

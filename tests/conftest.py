@@ -109,3 +109,23 @@ def two_taste_ratings(num_users: int, num_items: int, per_user: int, seed: int,
             rating = int(np.clip(round(mean), 1, 5))
             rows.append((user, int(item), rating, 1_000_000 + len(rows)))
     return rows
+
+
+REPO = Path(__file__).resolve().parents[1]
+# The top level of every model's metrics.json (trainer.experiment.RunResult).
+METRICS_TOP_LEVEL = {"model", "task", "data", "dataset", "valid", "test", "history", "selection", "timings",
+                     "config", "outputs", "cluster"}
+
+
+def run_experiment(config: str | None, data: str | Path, job: str | Path, *overrides: str, **kwargs):
+    """Resolves a config (a path under configs/ or None) with ``overrides`` and runs the one experiment.
+
+    Returns:
+      The ``trainer.experiment.RunResult``.
+    """
+    from trainer import config as config_lib
+    from trainer import experiment
+
+    path = str(REPO / "configs" / config) if config and not os.path.isabs(config) else config
+    resolved = config_lib.resolve(path, list(overrides))
+    return experiment.run(config=resolved, data_dir=str(data), job=str(job), **kwargs)

@@ -1,4 +1,4 @@
-"""Config layering: defaults -> YAML -> --set; unknown keys are errors."""
+"""Config layering: defaults -> YAML -> --set; unknown keys and wrongly typed values are errors."""
 import pytest
 
 from trainer import config as config_lib
@@ -8,7 +8,9 @@ def test_defaults_come_from_the_model_dataclass():
     config = config_lib.resolve()
     assert config["model"] == "mf"
     assert config["hparams"]["embedding_dim"] == 64
-    assert config["train"]["epochs"] == config_lib.TRAIN_DEFAULTS["epochs"]
+    assert config["train"]["epochs"] == config_lib.TrainConfig().epochs
+    gnn = config_lib.resolve(None, ["model=hetero_gnn"])  # every model: the same train keys
+    assert set(gnn["train"]) == set(config["train"]) and gnn["hparams"]["hidden_dim"] == 64
 
 
 def test_yaml_then_set_layering(tmp_path):
@@ -32,8 +34,11 @@ def test_unknown_key_lists_valid_keys():
 
 
 def test_unknown_section_and_model_and_bad_override(tmp_path):
-    with pytest.raises(config_lib.ConfigError, match="unknown section"):
+    with pytest.raises(config_lib.ConfigError, match="must be 'model', 'train.<key>' or 'hparams.<key>'"):
         config_lib.resolve(None, ["optim.lr=1"])
+    (tmp_path / "s.yaml").write_text("optim:\n  lr: 1\n")
+    with pytest.raises(config_lib.ConfigError, match="unknown section"):
+        config_lib.resolve(str(tmp_path / "s.yaml"))
     with pytest.raises(config_lib.ConfigError, match="registered models: mf"):
         config_lib.resolve(None, ["model=nope"])
     with pytest.raises(config_lib.ConfigError, match="key=value"):
@@ -47,3 +52,44 @@ def test_dump_round_trips():
 
     config = config_lib.resolve(None, ["train.epochs=2"])
     assert yaml.safe_load(config_lib.dump(config)) == config
+
+
+def test_every_registered_model_resolves_and_its_task_lists_its_metrics():
+    from trainer import models, tasks
+
+    for name, spec in models.REGISTRY.items():
+        config = config_lib.resolve(None, [f"model={name}"])
+        assert config_lib.model_config(config) == spec.config_class()
+        task = tasks.task_class(spec.task)
+        assert {m.name: m.goal for m in task.metrics} == tasks.METRICS[spec.task]
+        assert task.default_monitor in tasks.METRICS[spec.task]
+
+
+def test_coercion_rules():
+    coerce = config_lib.coerce
+    assert coerce(16.0, int, "k") == 16 and coerce("1e-3", float, "k") == 0.001
+    assert coerce(["follows", "likes"], tuple[str, ...], "k") == ("follows", "likes")
+    assert coerce("follows+likes", tuple[str, ...], "k") == ("follows", "likes")
+    assert coerce(None, int | None, "k") is None
+    for value, annotation in ((True, int), (16.5, int), ("3", int), (1, bool), ("x", float), ([1, "a"], tuple[int, ...])):
+        with pytest.raises(config_lib.ConfigError, match="expected"):
+            coerce(value, annotation, "k")
+
+
+def test_gnn_yaml_is_the_defaults_with_use_ids_off():
+    from pathlib import Path
+
+    yaml_path = str(Path(__file__).resolve().parents[1] / "configs" / "lastfm_hetero_gnn.yaml")
+    config = config_lib.resolve(yaml_path)
+    assert config["hparams"] == config_lib.resolve(None, ["model=hetero_gnn", "hparams.use_ids=false"])["hparams"]
+    with pytest.raises(config_lib.ConfigError, match="unknown edge set"):
+        config_lib.resolve(yaml_path, ["hparams.edge_sets=follows+knows"])
+    with pytest.raises(config_lib.ConfigError, match="conv must be 'simple' or 'gatv2'"):
+        config_lib.resolve(yaml_path, ["hparams.conv=gcn"])
+
+
+def test_lastfm_edge_sets_in_hparams_match_the_schema():
+    from schemas import lastfm
+    from trainer import hparams
+
+    assert hparams.LASTFM_EDGE_SETS == tuple(lastfm.EDGE_SETS)

@@ -106,7 +106,7 @@ CHILD = textwrap.dedent("""
 
     bucket, local_out = sys.argv[1], sys.argv[2]
     summary = movielens.run([
-        "--input", f"gs://{bucket}/raw/base.tsv", "--eval-input", f"gs://{bucket}/raw/test.tsv",
+        "--input", f"gs://{bucket}/raw/base.tsv", "--test-input", f"gs://{bucket}/raw/test.tsv", "--no-valid",
         "--split", "given", "--output", local_out, "--num-shards", "2", "--no_auth",
     ])
     records = []
@@ -142,7 +142,7 @@ def test_pipeline_reads_gs_inputs_and_beam_writes_gs_shards(client, emulator, tm
     # The pipeline read every gs:// input row, hashed the gs:// objects and recorded their paths.
     summary = json.loads((local_out / "dataset.json").read_text())
     assert summary["counts"]["train_rows"] == base.count("\n")
-    assert summary["counts"]["eval_rows"] == test.count("\n")
+    assert summary["counts"]["test_rows"] == test.count("\n")
     sources = {s["path"]: s for s in summary["sources"]}
     assert sources[f"gs://{BUCKET}/raw/base.tsv"]["sha256"] == hashlib.sha256(base.encode()).hexdigest()
     assert sources[f"gs://{BUCKET}/raw/test.tsv"]["format"] == "tab"

@@ -58,17 +58,18 @@ def two_workers(lastfm_data, module_processes):
 def test_two_workers_one_export_and_metrics_by_the_chief(two_workers):
     log, job = two_workers["log"], two_workers["job"]
     assert re.search(r"^\[chief:0\] Epoch 1/", log, re.M) and not re.search(r"^\[worker:0\] Epoch", log, re.M)
-    assert len(re.findall(r"^\[chief:0\] trainer: hetero_gnn test accuracy .* outputs in ", log, re.M)) == 1
-    assert re.search(r"^\[worker:0\] trainer: hetero_gnn fit done .* not lead", log, re.M)
-    assert "outputs in" not in "".join(line for line in log.splitlines(True) if line.startswith("[worker:0]"))
+    assert len(re.findall(r"^\[chief:0\] trainer: hetero_gnn test:  accuracy=", log, re.M)) == 1
+    assert re.search(r"^\[worker:0\] trainer: hetero_gnn fit done on worker:0 .* not lead", log, re.M)
+    assert "outputs:" not in "".join(line for line in log.splitlines(True) if line.startswith("[worker:0]"))
     assert list(job.rglob("saved_model.pb")) == [job / "export" / "saved_model.pb"]
     assert list(job.rglob("metrics.json")) == [job / "metrics.json"]
     assert not list(two_workers["tmp"].glob("export-worker-*"))  # the worker removed its temporary export
     metrics = two_workers["metrics"]
-    assert metrics["lead"] and metrics["replicas"] == 2 and metrics["global_batch_size"] == 64
-    assert metrics["steps_per_epoch"] == math.ceil(1600 / 64)
+    cluster = metrics["cluster"]
+    assert cluster["is_lead"] and cluster["replicas"] == 2 and cluster["global_batch_size"] == 64
+    assert cluster["steps_per_epoch"] == math.ceil(1600 / 64)
     # Evaluated after fit on the one-pass splits: every example exactly once.
-    assert sum(map(sum, metrics["test"]["confusion_matrix"])) == metrics["examples"]["test"] == 199
+    assert sum(map(sum, metrics["test"]["confusion_matrix"])) == metrics["dataset"]["examples"]["test"] == 199
 
 
 def test_two_workers_match_one_process(lastfm_data, two_workers, module_processes, tmp_path):
@@ -77,8 +78,9 @@ def test_two_workers_match_one_process(lastfm_data, two_workers, module_processe
                                             *COMMON, *ONE_PROCESS], tmp_path, timeout=180)
     assert code == 0, log[-4000:]
     one, two = json.loads((job / "metrics.json").read_text()), two_workers["metrics"]
-    assert one["replicas"] == 1 and one["global_batch_size"] == two["global_batch_size"] == 64
-    assert one["steps_per_epoch"] == two["steps_per_epoch"]
+    assert one["cluster"]["replicas"] == 1
+    assert one["cluster"]["global_batch_size"] == two["cluster"]["global_batch_size"] == 64
+    assert one["cluster"]["steps_per_epoch"] == two["cluster"]["steps_per_epoch"]
     counts = [sum(row) for row in one["test"]["confusion_matrix"]]
     majority = max(counts) / sum(counts)
     assert majority == pytest.approx(105 / 199)

@@ -1,4 +1,5 @@
-"""Hetero GNN: metrics by hand, config errors, a short fit + SavedModel round trip, trainer.task, real-data smoke."""
+"""Hetero GNN through the one experiment: metrics by hand, config errors, a short fit + SavedModel round trip,
+trainer.task, preemption, real-data smoke."""
 from __future__ import annotations
 
 import json
@@ -10,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import shared_file
-from trainer import classification_metrics, gnn_task
-from trainer.config import ConfigError
+from tests.conftest import METRICS_TOP_LEVEL, run_experiment, shared_file
+from trainer import classification_metrics
 
 GNN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "lastfm_hetero_gnn.yaml")
 
@@ -28,23 +28,6 @@ def test_classification_report_by_hand():
     assert report["confusion_matrix"][0] == [1, 1, 0, 0]
 
 
-def test_unknown_config_keys_are_errors():
-    with pytest.raises(ConfigError, match="hparams.hiden_dim"):
-        gnn_task.resolve_config(None, ["hparams.hiden_dim=3"])
-    with pytest.raises(ConfigError, match="unknown edge set"):
-        gnn_task.resolve_config(None, ["hparams.edge_sets=follows+knows"])
-    cfg = gnn_task.resolve_config(None, ["train.epochs=2", "hparams.conv=gatv2"])
-    assert cfg["train"]["epochs"] == 2 and cfg["hparams"]["conv"] == "gatv2"
-
-
-def test_yaml_is_the_defaults_with_use_ids_off_and_other_models_are_refused():
-    assert gnn_task.resolve_config(GNN_YAML, []) == gnn_task.resolve_config(None, ["hparams.use_ids=false"])
-    assert gnn_task.requested_model(GNN_YAML, []) == "hetero_gnn"
-    assert gnn_task.requested_model(GNN_YAML, ["model=mf"]) == "mf"
-    with pytest.raises(ConfigError, match="trains hetero_gnn only"):
-        gnn_task.resolve_config(None, ["model=mf"])
-
-
 def test_trainer_task_config_errors_are_one_line(tmp_path, capsys):
     from trainer import task
 
@@ -52,8 +35,9 @@ def test_trainer_task_config_errors_are_one_line(tmp_path, capsys):
     for extra, message in (
         (["--data", str(tmp_path), "--set", "hparams.hiden_dim=3"], "unknown key(s) hparams.hiden_dim; valid hparams keys:"),
         (["--data", str(tmp_path), "--set", "hparams.conv=gcn"], "hparams: conv must be 'simple' or 'gatv2'"),
-        (["--data", str(tmp_path), "--hypertune-metric", "rmse"], "hypertune metric 'rmse' is not a hetero_gnn valid metric"),
-        (["--data", str(tmp_path / "nowhere")], "dataset.json does not exist"),
+        (["--data", str(tmp_path), "--hypertune-metric", "rmse"],
+         "--hypertune-metric 'rmse' is not a valid metric of hetero_gnn (graph_classification); valid: accuracy, macro_f1"),
+        (["--data", str(tmp_path / "nowhere")], "does not exist; run a pipeline first (python -m beam_pipelines.lastfm"),
     ):
         assert task.main([*common, *extra]) == 2
         err = capsys.readouterr().err.strip()
@@ -79,13 +63,14 @@ def test_short_fit_learns_and_exports(tiny_data, conv):
     from trainer import gnn_predict
 
     data, job = str(tiny_data / "out"), str(tiny_data / f"job_{conv}")
-    cfg = gnn_task.resolve_config(None, ["train.epochs=15", "train.batch_size=32", "train.patience=15",
-                                         f"hparams.conv={conv}", "hparams.hidden_dim=32"])
-    metrics = gnn_task.run(data, job, cfg)
+    result = run_experiment(None, data, job, "model=hetero_gnn", "train.epochs=15", "train.batch_size=32",
+                            f"hparams.conv={conv}", "hparams.hidden_dim=32")
+    metrics = result.to_json()
     assert metrics["test"]["accuracy"] > 0.6  # 3 classes, strongly planted: chance is ~0.45
     for name in ("confusion_matrix", "label_distribution", "loss"):
         assert os.path.getsize(os.path.join(job, "plots", f"{name}.png")) > 5000
-    assert json.load(open(os.path.join(job, "metrics.json")))["test"]["accuracy"] == metrics["test"]["accuracy"]
+    written = json.load(open(os.path.join(job, "metrics.json")))
+    assert set(written) == METRICS_TOP_LEVEL and written["test"]["accuracy"] == metrics["test"]["accuracy"]
     # SavedModel round trip: same probabilities as the in-memory model on a test example.
     split, record, _ = gnn_predict.find_subgraph(data, "0")
     serve = tf.saved_model.load(os.path.join(job, "export")).signatures["serving_default"]
@@ -104,28 +89,32 @@ def test_trainer_task_runs_the_gnn_yaml(tiny_data, tmp_path, capsys, monkeypatch
     code = task.main(["--config", GNN_YAML, "--data", str(tiny_data / "out"), "--job-dir", str(job),
                       "--set", "train.epochs=6", "--set", "train.batch_size=32", "--hypertune-metric", "accuracy"])
     assert code == 0
-    assert "trainer: hetero_gnn test accuracy" in capsys.readouterr().out
+    assert "trainer: hetero_gnn test:  accuracy=" in capsys.readouterr().out
     metrics = json.loads((job / "metrics.json").read_text())
     assert metrics["model"] == "hetero_gnn" and metrics["config"]["hparams"]["use_ids"] is False
-    assert metrics["replicas"] == 1 and metrics["steps_per_epoch"] == 8  # 240 train examples / 32
+    assert metrics["cluster"]["replicas"] == 1 and metrics["cluster"]["steps_per_epoch"] == 8  # 240 train / 32
     assert metrics["test"]["accuracy"] > 0.6  # chance is ~0.45
     assert (job / "export" / "saved_model.pb").exists()
-    # Vertex tuning gets a valid metric, never a test one.
-    (record,) = [json.loads(line) for line in (tmp_path / "hp.metrics").read_text().splitlines()]
-    assert float(record["accuracy"]) == pytest.approx(metrics["valid"]["accuracy"])
-    assert int(record["global_step"]) == metrics["selection"]["epochs_run"] * 8
+    # Vertex tuning gets a valid metric after every epoch, and last the chosen epoch's; never a test one.
+    records = [json.loads(line) for line in (tmp_path / "hp.metrics").read_text().splitlines()]
+    epochs = metrics["selection"]["epochs_run"]
+    assert len(records) == epochs + 1
+    assert [float(r["accuracy"]) for r in records[:-1]] == pytest.approx(metrics["history"]["val_accuracy"])
+    assert float(records[-1]["accuracy"]) == pytest.approx(metrics["valid"]["accuracy"])
+    assert int(records[-1]["global_step"]) == epochs * 8
 
 
 def test_same_seed_same_run(tiny_data, tmp_path):
     """Two fits with one seed give the same history and predictions (runner.run's own input maps would not)."""
-    cfg = gnn_task.resolve_config(GNN_YAML, ["train.epochs=3", "train.batch_size=32", "hparams.hidden_dim=16"])
-    first, second = (gnn_task.run(str(tiny_data / "out"), str(tmp_path / name), cfg) for name in ("a", "b"))
-    assert first["history"].keys() == second["history"].keys()
-    for name, values in first["history"].items():  # float sums may differ in the last bits, nothing more
-        assert second["history"][name] == pytest.approx(values, rel=1e-5), name
-    assert first["test"]["confusion_matrix"] == second["test"]["confusion_matrix"]
-    other = gnn_task.run(str(tiny_data / "out"), str(tmp_path / "c"), {**cfg, "train": {**cfg["train"], "seed": 1}})
-    assert other["history"]["loss"] != first["history"]["loss"]
+    overrides = ["train.epochs=3", "train.batch_size=32", "hparams.hidden_dim=16"]
+    first, second = (run_experiment("lastfm_hetero_gnn.yaml", tiny_data / "out", tmp_path / name, *overrides)
+                     for name in ("a", "b"))
+    assert first.history.keys() == second.history.keys()
+    for name, values in first.history.items():  # float sums may differ in the last bits, nothing more
+        assert second.history[name] == pytest.approx(values, rel=1e-5), name
+    assert first.test["confusion_matrix"] == second.test["confusion_matrix"]
+    other = run_experiment("lastfm_hetero_gnn.yaml", tiny_data / "out", tmp_path / "c", *overrides, "train.seed=1")
+    assert other.history["loss"] != first.history["loss"]
 
 
 def test_vertex_output_dirs_are_honoured(tiny_data, tmp_path, monkeypatch, capsys):
@@ -137,18 +126,21 @@ def test_vertex_output_dirs_are_honoured(tiny_data, tmp_path, monkeypatch, capsy
     monkeypatch.setenv("AIP_CHECKPOINT_DIR", str(dirs["checkpoints"]))
     monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", str(dirs["tensorboard"]))
     data, job = str(tiny_data / "out"), tmp_path / "job"
-    cfg = gnn_task.resolve_config(GNN_YAML, ["train.epochs=3", "train.batch_size=32", "hparams.hidden_dim=16"])
-    metrics = gnn_task.run(data, str(job), cfg)
-    assert metrics["outputs"] == {"export": str(dirs["model"]), "backup": str(dirs["checkpoints"]),
-                                  "tensorboard": str(dirs["tensorboard"])}
+    metrics = run_experiment("lastfm_hetero_gnn.yaml", data, job, "train.epochs=3", "train.batch_size=32",
+                             "hparams.hidden_dim=16").to_json()
+    assert metrics["outputs"]["export"] == str(dirs["model"])
+    assert metrics["outputs"]["tensorboard"] == str(dirs["tensorboard"])
+    assert "backup" not in metrics["outputs"]  # deleted at the end of a finished fit: not listed
     assert (dirs["model"] / "saved_model.pb").exists() and not (job / "export").exists()
     assert list(dirs["tensorboard"].rglob("events.out.tfevents.*"))
     assert (job / "metrics.json").exists() and (job / "plots" / "loss.png").exists()
     # A finished fit leaves no backup or selection state behind (a relaunch starts afresh).
-    assert not [p for p in dirs["checkpoints"].rglob("*") if p.is_file()]
+    assert not [p for p in (dirs["checkpoints"] / "backup").rglob("*") if p.is_file()]
+    assert (dirs["checkpoints"] / "kept" / "selected.index").exists()
     assert metrics["history"]["epoch"] == [1, 2, 3] and metrics["selection"]["resumed_after_epoch"] == 0
     best = metrics["selection"]["best_epoch"]
-    assert metrics["history"]["val_sparse_categorical_accuracy"][best - 1] == max(metrics["history"]["val_sparse_categorical_accuracy"])
+    assert metrics["history"]["val_accuracy"][best - 1] == max(metrics["history"]["val_accuracy"])
+    assert metrics["valid"]["accuracy"] == pytest.approx(metrics["history"]["val_accuracy"][best - 1])
     assert gnn_predict.main(["--export", str(dirs["model"]), "--data", data, "--user-id", "0"]) == 0
     assert "predicted class" in capsys.readouterr().out
     assert gnn_predict.main(["--job-dir", str(job), "--data", data, "--user-id", "0"]) == 2
@@ -194,7 +186,7 @@ def test_killed_run_resumes_and_selects_over_the_whole_run(tiny_data, tmp_path):
     assert history["epoch"][:5] == [1, 2, 3, 4, 5] and history["epoch"][-1] == epochs
     assert set(range(resumed_at, epochs + 1)) <= set(history["epoch"])
     assert selection["epochs_run"] == len(history["epoch"]) >= epochs - 1  # a kill between the two writes loses one
-    best = history["val_sparse_categorical_accuracy"].index(max(history["val_sparse_categorical_accuracy"]))
+    best = history["val_accuracy"].index(max(history["val_accuracy"]))
     assert selection["best_epoch"] == history["epoch"][best]
     assert not (job / "backup" / "selection").exists()
 
@@ -210,9 +202,9 @@ def test_real_lastfm_end_to_end(tmp_path):
                           str(folder / "lastfm_asia_target.csv"), "--output", str(tmp_path / "out")])
     assert summary["counts"]["users"] == {"train": 6098, "valid": 765, "test": 761}
     assert summary["counts"]["follows_pairs"] == 27806 and summary["counts"]["rejected_rows"] == 0
-    cfg = gnn_task.resolve_config(None, ["hparams.use_ids=false", "train.epochs=20", "train.patience=5"])
-    metrics = gnn_task.run(str(tmp_path / "out"), str(tmp_path / "job"), cfg)
-    assert metrics["test"]["accuracy"] > 0.85 and metrics["test"]["macro_f1"] > 0.7
+    result = run_experiment("lastfm_hetero_gnn.yaml", tmp_path / "out", tmp_path / "job", "train.epochs=20",
+                            "train.patience=5")
+    assert result.test["accuracy"] > 0.85 and result.test["macro_f1"] > 0.7
     assert time.time() - started < 180
 
 
@@ -228,10 +220,9 @@ def test_ablation_each_edge_type_contributes(tmp_path):
                 "--output", str(tmp_path / "out"), "--num-classes", "4", "--num-shards", "1"])
     accuracy = {}
     for edge_sets in ("follows+likes+liked_by", "follows", "likes+liked_by"):
-        cfg = gnn_task.resolve_config(GNN_YAML, [
-            "train.epochs=12", "train.batch_size=32", "train.patience=12", "hparams.hidden_dim=32",
-            f"hparams.edge_sets={edge_sets}"])
-        metrics = gnn_task.run(str(tmp_path / "out"), str(tmp_path / edge_sets), cfg)
+        metrics = run_experiment("lastfm_hetero_gnn.yaml", tmp_path / "out", tmp_path / edge_sets, "train.epochs=12",
+                                 "train.batch_size=32", "train.patience=12", "hparams.hidden_dim=32",
+                                 f"hparams.edge_sets={edge_sets}").to_json()
         # valid + test (200 users) rather than test alone (100): less noise for the comparison.
         accuracy[edge_sets] = (metrics["valid"]["accuracy"] + metrics["test"]["accuracy"]) / 2
     print(accuracy)

@@ -233,12 +233,15 @@ def test_leave_one_out_holds_out_latest_with_negatives():
         _rating(item="102", timestamp=200, line=3),
     ]
     out = list(ml.leave_one_out("1", ratings, ITEMS, 5, seed=0))
-    assert [(side, r.item) for side, r, _ in out] == [("train", "101"), ("train", "102"), ("eval", "100")]
-    assert [n for side, _, n in out if side == ml.TRAIN] == [[], []]
-    negatives = out[-1][2]
-    expected = ml.sample_negatives(ITEMS, {"100", "101", "102"}, 5, common.stable_hash64(0, "negatives", "1"))
-    assert negatives == expected
-    assert len(negatives) == 5 and not {"100", "101", "102"} & set(negatives)
+    assert [(side, r.item) for side, r, _ in out] == [("train", "101"), ("valid", "102"), ("test", "100")]
+    assert [n for side, _, n in out if side == ml.TRAIN] == [[]]
+    for (_, _, negatives), stream in zip(out[1:], ("valid_negatives", "negatives")):
+        expected = ml.sample_negatives(ITEMS, {"100", "101", "102"}, 5, common.stable_hash64(0, stream, "1"))
+        assert negatives == expected
+        assert len(negatives) == 5 and not {"100", "101", "102"} & set(negatives)
+    assert out[1][2] != out[2][2]  # valid has its own negatives
+    no_valid = list(ml.leave_one_out("1", ratings, ITEMS, 5, seed=0, with_valid=False))
+    assert [(side, r.item) for side, r, _ in no_valid] == [("train", "101"), ("train", "102"), ("test", "100")]
 
 
 def test_leave_one_out_tie_rule_by_source_and_line():
@@ -248,8 +251,10 @@ def test_leave_one_out_tie_rule_by_source_and_line():
         _rating(item="102", timestamp=500, source="/d/a", line=2),
     ]
     out = list(ml.leave_one_out("1", ratings, ITEMS, 0, seed=0))
-    assert [(side, r.item) for side, r, _ in out] == [("train", "102"), ("train", "100"), ("eval", "101")]
+    assert [(side, r.item) for side, r, _ in out] == [("train", "102"), ("valid", "100"), ("test", "101")]
     assert out[-1][2] == []  # --num-negatives 0
+    by_item = list(ml.leave_one_out("1", ratings, ITEMS, 0, seed=0, tie_rule="larger-item"))
+    assert [(side, r.item) for side, r, _ in by_item] == [("train", "100"), ("valid", "101"), ("test", "102")]
 
 
 def test_leave_one_out_single_rating_stays_in_train():
@@ -260,10 +265,12 @@ def test_leave_one_out_single_rating_stays_in_train():
 # --------------------------------------------------------------------------- splits and records
 def test_random_split_is_stable_and_about_the_fraction():
     ratings = [_rating(user=str(u), item=str(i)) for u in range(60) for i in range(50)]
-    chosen = [ml.is_random_eval(r, 0, 0.2) for r in ratings]
-    assert chosen == [ml.is_random_eval(r, 0, 0.2) for r in ratings]
-    assert abs(sum(chosen) / len(chosen) - 0.2) < 0.03
-    assert chosen != [ml.is_random_eval(r, 1, 0.2) for r in ratings]
+    chosen = [ml.hash_split(r, 0, 0.2, 0.1) for r in ratings]
+    assert chosen == [ml.hash_split(r, 0, 0.2, 0.1) for r in ratings]
+    assert abs(chosen.count("test") / len(chosen) - 0.2) < 0.03
+    assert abs(chosen.count("valid") / (len(chosen) - chosen.count("test")) - 0.1) < 0.03
+    assert chosen != [ml.hash_split(r, 1, 0.2, 0.1) for r in ratings]
+    assert "valid" not in [ml.hash_split(r, 0, 0.2, 0.0) for r in ratings]
 
 
 # --------------------------------------------------------------------------- common

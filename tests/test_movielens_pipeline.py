@@ -6,8 +6,8 @@ in a module-scoped fixture and several tests check its output:
 * ``mixed``: one file per raw format (tab with malformed rows, duplicates and blank
   lines; dat with blank lines; CSV with header, CRLF and BOM; gzipped NCF), random split;
   rerun with the same seed (``mixed_again``) and with another seed (``mixed_seed1``).
-* ``given``: NCF train/test files as ``--input`` / ``--eval-input``.
-* ``temporal`` and ``leave_one_out`` on generated ratings.
+* ``given``: NCF train/test files as ``--input`` / ``--test-input``; valid a seeded fraction of the input.
+* ``temporal`` and ``leave_one_out`` on generated ratings (valid carved from the train side by the same rule).
 * a run whose rejected fraction is too high, and inputs that do not exist.
 
 Expected outputs are computed here from the fixture rows, independently of Beam.
@@ -117,15 +117,19 @@ def _rejected(out: Path) -> list[dict[str, Any]]:
 def _shard_records(out: Path) -> dict[str, list[bytes]]:
     return {
         f"{split}/{path.name}": read_records(path)
-        for split in ("train", "eval")
+        for split in ml.SPLIT_NAMES
         for path in sorted((out / split).glob("part-*.tfrecord.gz"))
     }
 
 
 def _assert_balanced(summary: dict[str, Any], out: Path) -> dict[str, int]:
     counts = summary["counts"]
-    parts = ("header_lines", "blank_lines", "rejected_rows", "duplicates_dropped", "train_rows", "eval_rows")
+    parts = ("header_lines", "blank_lines", "rejected_rows", "duplicates_dropped", "train_rows", "valid_rows", "test_rows")
     assert counts["lines_read"] == sum(counts[p] for p in parts)
+    assert {name: split["examples"] for name, split in summary["splits"].items()} == {
+        name: counts[f"{name}_rows"] for name in ml.SPLIT_NAMES}
+    for name, split in summary["splits"].items():
+        assert sorted(str(p.relative_to(out)) for p in (out / name).iterdir()) == split["files"]
     assert summary["accounting"] == {
         "rule": summary["accounting"]["rule"],
         "accounted": counts["lines_read"],
@@ -218,7 +222,7 @@ def mixed_fixture(tmp_path_factory) -> Fixture:
 def _mixed_run(tmp_path_factory, fixture: Fixture, seed: int, name: str) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp(name) / "out"
     summary = _run(
-        "--input", fixture.input, "--output", str(out), "--split", "random", "--eval-fraction", "0.2",
+        "--input", fixture.input, "--output", str(out), "--split", "random", "--test-fraction", "0.2",
         "--seed", str(seed), "--num-shards", "3", "--max-rejected-fraction", "0.05",
     )
     return out, summary
@@ -241,24 +245,34 @@ def test_mixed_formats_detected_and_counts_add_up(mixed, mixed_fixture):
     assert counts["blank_lines"] == mixed_fixture.blank
     assert counts["rejected_rows"] == len(MALFORMED_TAB)
     assert counts["duplicates_dropped"] == 3
-    assert counts["train_rows"] + counts["eval_rows"] == len(mixed_fixture.kept)
-    assert summary["split"] == {"protocol": "random", "seed": 0, "eval_fraction": 0.2}
+    assert counts["train_rows"] + counts["valid_rows"] + counts["test_rows"] == len(mixed_fixture.kept)
+    assert summary["split"] == {"protocol": "random", "seed": 0, "test_fraction": 0.2, "valid": {
+        "rule": "a stable hash of (seed, user, item) over the train side", "valid_fraction": 0.1}}
+    assert summary["schema"] == "ratings"
     assert summary["rejected_fraction"] == pytest.approx(len(MALFORMED_TAB) / (mixed_fixture.lines - 1 - 5))
 
 
+def _random_split(row: Row, seed: int) -> str:
+    """The documented rule, computed here: test by one stable hash, valid by another among the rest."""
+    if common.stable_fraction(seed, "split", row.user, row.item) < 0.2:
+        return "test"
+    return "valid" if common.stable_fraction(seed, "valid", row.user, row.item) < 0.1 else "train"
+
+
 def test_mixed_split_content_exact(mixed, mixed_fixture):
-    """Every kept row is in train or eval, as the stable hash says; ids and values survive."""
+    """Every kept row is in train, valid or test, as the stable hashes say; ids and values survive."""
     out, summary = mixed
-    in_eval = lambda r: common.stable_fraction(0, "split", r.user, r.item) < 0.2  # noqa: E731
-    expected_eval = [r for r in mixed_fixture.kept if in_eval(r)]
-    expected_train = [r for r in mixed_fixture.kept if not in_eval(r)]
+    expected = {name: [r for r in mixed_fixture.kept if _random_split(r, 0) == name] for name in ml.SPLIT_NAMES}
+    expected_train = expected["train"]
     train_users = {r.user for r in expected_train}
     train_items = {r.item for r in expected_train}
     assert summary["vocabulary"] == {"user": len(train_users), "item": len(train_items)}
-    assert summary["counts"]["eval_rows"] == len(expected_eval)
-    assert 0.15 < len(expected_eval) / len(mixed_fixture.kept) < 0.25
-    assert _decoded(out, "train") == _as_output(expected_train, train_users, train_items)
-    assert _decoded(out, "eval") == _as_output(expected_eval, train_users, train_items)
+    assert summary["counts"]["test_rows"] == len(expected["test"])
+    assert summary["counts"]["valid_rows"] == len(expected["valid"])
+    assert 0.15 < len(expected["test"]) / len(mixed_fixture.kept) < 0.25
+    assert 0.05 < len(expected["valid"]) / (len(mixed_fixture.kept) - len(expected["test"])) < 0.15
+    for name in ml.SPLIT_NAMES:  # valid and test use the train vocabularies (tf.Transform analyzed train only)
+        assert _decoded(out, name) == _as_output(expected[name], train_users, train_items)
     # Half-star CSV ratings and the values of each format made it through.
     ratings = {r[2] for r in _decoded(out, "train")}
     assert 3.5 in ratings and {1.0, 5.0} <= ratings
@@ -284,7 +298,7 @@ def test_mixed_rejected_rows_have_reasons(mixed, mixed_fixture):
 
 def test_mixed_duplicates_keep_latest(mixed, mixed_fixture):
     out, _ = mixed
-    output = {(u, i, r, t) for u, i, r, t, _ in _decoded(out, "train") + _decoded(out, "eval")}
+    output = {(u, i, r, t) for name in ml.SPLIT_NAMES for u, i, r, t, _ in _decoded(out, name)}
     by_time = {(r[2], r[3]) for r in output}
     for dropped, kept in mixed_fixture.dropped:
         assert (kept.rating, kept.timestamp) in by_time
@@ -305,7 +319,7 @@ def test_mixed_transformed_records_parse_with_the_written_spec(mixed):
         F.USER_INDEX, F.ITEM_INDEX, F.NEGATIVE_ITEM_INDEX, F.RATING, F.TIMESTAMP,
         F.RATING_MEAN, F.RATING_MIN, F.RATING_MAX,
     }
-    for split in ("train", "eval"):
+    for split in ml.SPLIT_NAMES:
         records = [r for path in sorted((out / split).glob("*.gz")) for r in read_records(path)]
         parsed = tf.io.parse_example(tf.constant(records), spec)
         assert parsed[F.USER_INDEX].shape == (summary["counts"][f"{split}_rows"],)
@@ -329,21 +343,22 @@ def mixed_seed1(tmp_path_factory, mixed_fixture):
 
 def test_same_seed_gives_identical_shards(mixed, mixed_again):
     first, second = _shard_records(mixed[0]), _shard_records(mixed_again[0])
-    assert list(first) == [f"{s}/part-0000{i}-of-00003.tfrecord.gz" for s in ("train", "eval") for i in range(3)]
+    assert list(first) == [f"{s}/part-0000{i}-of-00003.tfrecord.gz" for s in ml.SPLIT_NAMES for i in range(3)]
     assert first == second
-    assert sum(len(v) for v in first.values()) == mixed[1]["counts"]["train_rows"] + mixed[1]["counts"]["eval_rows"]
+    counts = mixed[1]["counts"]
+    assert sum(len(v) for v in first.values()) == counts["train_rows"] + counts["valid_rows"] + counts["test_rows"]
     assert (mixed[0] / "rejected" / "part-00000-of-00001.jsonl").read_bytes() == (
         mixed_again[0] / "rejected" / "part-00000-of-00001.jsonl"
     ).read_bytes()
 
 
 def test_other_seed_gives_other_split(mixed, mixed_seed1, mixed_fixture):
-    eval0 = {(r[2], r[3]) for r in _decoded(mixed[0], "eval")}
-    eval1 = {(r[2], r[3]) for r in _decoded(mixed_seed1[0], "eval")}
-    assert eval0 != eval1
-    assert len(eval0 & eval1) < 0.5 * len(eval0)  # about 20% overlap expected, not most
+    test0 = {(r[2], r[3]) for r in _decoded(mixed[0], "test")}
+    test1 = {(r[2], r[3]) for r in _decoded(mixed_seed1[0], "test")}
+    assert test0 != test1
+    assert len(test0 & test1) < 0.5 * len(test0)  # about 20% overlap expected, not most
     counts = _assert_balanced(mixed_seed1[1], mixed_seed1[0])
-    assert counts["train_rows"] + counts["eval_rows"] == len(mixed_fixture.kept)
+    assert counts["train_rows"] + counts["valid_rows"] + counts["test_rows"] == len(mixed_fixture.kept)
 
 
 # --------------------------------------------------------------------------- given split (NCF files)
@@ -360,26 +375,47 @@ def given(tmp_path_factory):
     _, test = _write(test_rows, folder / "ml.test.rating", "ncf")
     out = folder / "out"
     summary = _run(
-        "--input", str(folder / "ml.train.rating"), "--eval-input", str(folder / "ml.test.rating"),
+        "--input", str(folder / "ml.train.rating"), "--test-input", str(folder / "ml.test.rating"),
         "--output", str(out), "--split", "given", "--num-shards", "2",
     )
     return out, summary, train, test
 
 
-def test_given_split_train_from_input_eval_from_eval_input(given):
-    out, summary, train, test = given
+def test_given_split_test_from_test_input_valid_from_a_seeded_fraction_of_input(given):
+    out, summary, base, test = given
     counts = _assert_balanced(summary, out)
-    assert (counts["train_rows"], counts["eval_rows"], counts["rejected_rows"]) == (len(train), len(test), 0)
-    assert summary["split"] == {"protocol": "given", "seed": 0}
+    in_valid = lambda r: common.stable_fraction(0, "valid", r.user, r.item) < 0.1  # noqa: E731
+    valid = [r for r in base if in_valid(r)]
+    train = [r for r in base if not in_valid(r)]
+    assert (counts["train_rows"], counts["valid_rows"], counts["test_rows"], counts["rejected_rows"]) == (
+        len(train), len(valid), len(test), 0)
+    assert valid and summary["split"]["valid"]["valid_fraction"] == 0.1
     assert sorted((Path(s["path"]).name, s["side"], s["format"]) for s in summary["sources"]) == [
-        ("ml.test.rating", "eval_input", "ncf"), ("ml.train.rating", "input", "ncf"),
+        ("ml.test.rating", "test_input", "ncf"), ("ml.train.rating", "input", "ncf"),
     ]
     train_users, train_items = {r.user for r in train}, {r.item for r in train}
-    assert summary["vocabulary"] == {"user": 30, "item": len(train_items)}
+    assert summary["vocabulary"] == {"user": len(train_users), "item": len(train_items)}
     assert _decoded(out, "train") == _as_output(train, train_users, train_items)
-    decoded_eval = _decoded(out, "eval")
-    assert decoded_eval == _as_output(test, train_users, train_items)
-    assert [r[3] for r in decoded_eval if r[0] is None] == [978824351]  # the unseen user maps to OOV
+    assert _decoded(out, "valid") == _as_output(valid, train_users, train_items)
+    decoded_test = _decoded(out, "test")
+    assert decoded_test == _as_output(test, train_users, train_items)
+    assert [r[3] for r in decoded_test if r[0] is None] == [978824351]  # the unseen user maps to OOV
+
+
+def test_given_split_with_a_valid_file_and_without_valid(tmp_path):
+    rows = _rows(synth.generate_ratings(20, 30, 200, seed=11))
+    _write(rows[:150], tmp_path / "base.data", "tab")
+    _write(rows[150:180], tmp_path / "valid.data", "tab")
+    _write(rows[180:], tmp_path / "test.data", "tab")
+    common_flags = ["--input", str(tmp_path / "base.data"), "--test-input", str(tmp_path / "test.data"),
+                    "--split", "given", "--num-shards", "1"]
+    with_file = _run(*common_flags, "--valid-input", str(tmp_path / "valid.data"), "--output", str(tmp_path / "a"))
+    assert [with_file["counts"][f"{n}_rows"] for n in ml.SPLIT_NAMES] == [150, 30, 20]
+    assert with_file["split"]["valid"] == {"rule": "--valid-input rows", "source": str(tmp_path / "valid.data")}
+    none = _run(*common_flags, "--no-valid", "--output", str(tmp_path / "b"))
+    assert [none["counts"][f"{n}_rows"] for n in ml.SPLIT_NAMES] == [150, 0, 20]
+    assert none["splits"]["valid"]["examples"] == 0 and (tmp_path / "b" / "valid").is_dir()
+    _assert_balanced(none, tmp_path / "b")
 
 
 # --------------------------------------------------------------------------- temporal split
@@ -390,25 +426,27 @@ def temporal(tmp_path_factory):
     out = folder / "out"
     summary = _run(
         "--input", str(folder / "ratings.dat"), "--output", str(out), "--split", "temporal",
-        "--eval-fraction", "0.2", "--num-shards", "2",
+        "--test-fraction", "0.2", "--valid-fraction", "0.15", "--num-shards", "2",
     )
     return out, summary, rows
 
 
-def test_temporal_split_eval_is_after_train(temporal):
+def test_temporal_split_valid_then_test_after_train(temporal):
     out, summary, rows = temporal
     counts = _assert_balanced(summary, out)
     day = lambda ts: ts // ml.SECONDS_PER_DAY  # noqa: E731
-    train_days = [day(r[3]) for r in _decoded(out, "train")]
-    eval_days = [day(r[3]) for r in _decoded(out, "eval")]
-    assert len(train_days) == counts["train_rows"] and len(eval_days) == counts["eval_rows"]
-    assert eval_days and min(eval_days) > max(train_days)
-    cutoff = summary["split"]["cutoff_day"]
-    assert min(eval_days) >= cutoff > max(train_days)
+    days = {name: [day(r[3]) for r in _decoded(out, name)] for name in ml.SPLIT_NAMES}
+    assert [len(days[n]) for n in ml.SPLIT_NAMES] == [counts[f"{n}_rows"] for n in ml.SPLIT_NAMES]
+    assert days["test"] and days["valid"]
+    assert max(days["train"]) < min(days["valid"]) <= max(days["valid"]) < min(days["test"])
+    cutoff, valid_cutoff = summary["split"]["cutoff_day"], summary["split"]["valid"]["cutoff_day"]
+    assert min(days["test"]) >= cutoff > max(days["valid"]) and min(days["valid"]) >= valid_cutoff
     expected = ml.temporal_cutoff_day(collections.Counter(day(r.timestamp) for r in rows).items(), 0.2)
     assert cutoff == expected
-    assert counts["eval_rows"] == sum(1 for r in rows if day(r.timestamp) >= cutoff)
-    assert 0.1 * len(rows) < counts["eval_rows"] <= 0.2 * len(rows)
+    before = [r for r in rows if day(r.timestamp) < cutoff]
+    assert valid_cutoff == ml.temporal_cutoff_day(collections.Counter(day(r.timestamp) for r in before).items(), 0.15)
+    assert counts["test_rows"] == sum(1 for r in rows if day(r.timestamp) >= cutoff)
+    assert 0.1 * len(rows) < counts["test_rows"] <= 0.2 * len(rows)
 
 
 # --------------------------------------------------------------------------- leave-one-out
@@ -423,8 +461,10 @@ def leave_one_out(tmp_path_factory):
     # row (the negatives can then be told apart in the vocabulary) and both are short of negatives.
     rows += [(96, i, 3.0, 1000 + i) for i in range(1, 61)]
     rows += [(97, i, 4.0, 2000 - i) for i in range(1, 61)]
-    rows += [(98, 5, 2.0, 5000), (98, 6, 5.0, 5000), (98, 7, 1.0, 4000)]  # tie: the later line (item 6) is held out
+    # tie: the later line (item 6) is the test row, item 5 the valid row, item 7 trains
+    rows += [(98, 5, 2.0, 5000), (98, 6, 5.0, 5000), (98, 7, 1.0, 4000)]
     rows += [(99, 8, 4.0, 6000)]  # a single rating stays in train
+    rows += [(95, 9, 4.0, 6000), (95, 10, 2.0, 6001)]  # two ratings: train + test, no valid row
     _, written = _write(rows, folder / "u.data", "tab")
     out = folder / "out"
     summary = _run(
@@ -441,38 +481,67 @@ def test_leave_one_out_invariants(leave_one_out):
     for row in rows:
         by_user[row.user].append(row)
     all_items = sorted({r.item for r in rows})
-    train, eval_ = _decoded(out, "train"), _decoded(out, "eval")
-    assert all(u is not None and i is not None for u, i, *_ in train + eval_)  # every id has a train row
+    train, valid, test = (_decoded(out, name) for name in ml.SPLIT_NAMES)
+    assert all(u is not None and i is not None for u, i, *_ in train + valid + test)  # every id has a train row
 
-    eval_users = [u for u, *_ in eval_]
-    assert sorted(eval_users) == sorted(u for u, rs in by_user.items() if len(rs) >= 2)  # exactly one each
-    assert "99" not in eval_users and sum(1 for r in train if r[0] == "99") == 1
-    assert counts["eval_rows"] == len(by_user) - 1
-    assert counts["loo_users_with_one_rating"] == 1
-    assert counts["loo_users_short_of_negatives"] == 2  # users 96 and 97 rated everything
-    assert counts["eval_negatives"] == NUM_NEGATIVES * (counts["eval_rows"] - 2)
+    test_users = [u for u, *_ in test]
+    valid_users = [u for u, *_ in valid]
+    assert sorted(test_users) == sorted(u for u, rs in by_user.items() if len(rs) >= 2)  # exactly one each
+    assert sorted(valid_users) == sorted(u for u, rs in by_user.items() if len(rs) >= 3)
+    assert "99" not in test_users and sum(1 for r in train if r[0] == "99") == 1
+    assert "95" in test_users and "95" not in valid_users
+    assert counts["test_rows"] == len(by_user) - 1 and counts["valid_rows"] == len(by_user) - 2
+    assert counts["loo_users_with_one_rating"] == 1 and counts["loo_users_without_valid"] == 1
+    assert counts["loo_users_short_of_negatives"] == 4  # users 96 and 97 rated everything: test and valid
+    assert counts["test_negatives"] == NUM_NEGATIVES * (counts["test_rows"] - 2)
+    assert counts["valid_negatives"] == NUM_NEGATIVES * (counts["valid_rows"] - 2)
     assert summary["split"]["num_negatives"] == NUM_NEGATIVES and summary["split"]["seed"] == 3
+    assert summary["split"]["valid"]["num_negatives"] == NUM_NEGATIVES
 
     train_by_user = collections.defaultdict(set)
     for u, i, r, t, negatives in train:
         assert negatives == ()
         train_by_user[u].add((i, r, t))
-    for user, item, rating, timestamp, negatives in eval_:
-        ordered = sorted(by_user[user], key=lambda r: (r.timestamp, r.line))
-        latest = ordered[-1]
-        assert (item, rating, timestamp) == (latest.item, latest.rating, latest.timestamp)
-        assert train_by_user[user] == {(r.item, r.rating, r.timestamp) for r in ordered[:-1]}
+    held = {"test": {e[0]: e for e in test}, "valid": {e[0]: e for e in valid}}
+    for user, rated_rows in by_user.items():
+        ordered = sorted(rated_rows, key=lambda r: (r.timestamp, r.line))
         rated = {r.item for r in ordered}
-        assert not rated & set(negatives)
-        assert len(set(negatives)) == len(negatives)
-        if user in ("96", "97"):
-            assert negatives == ()
-        else:
-            assert len(negatives) == NUM_NEGATIVES
-            seed = common.stable_hash64(3, "negatives", user)
-            assert list(negatives) == ml.sample_negatives(all_items, rated, NUM_NEGATIVES, seed)
-    held_out_98 = [e for e in eval_ if e[0] == "98"]
-    assert [(e[1], e[2]) for e in held_out_98] == [("6", 5.0)]
+        n_held = 0
+        for name, position, stream in (("test", -1, "negatives"), ("valid", -2, "valid_negatives")):
+            if user not in held[name]:
+                continue
+            n_held += 1
+            _, item, rating, timestamp, negatives = held[name][user]
+            row = ordered[position]
+            assert (item, rating, timestamp) == (row.item, row.rating, row.timestamp)
+            assert not rated & set(negatives) and len(set(negatives)) == len(negatives)
+            if user in ("96", "97"):
+                assert negatives == ()
+            else:
+                seed = common.stable_hash64(3, stream, user)
+                assert list(negatives) == ml.sample_negatives(all_items, rated, NUM_NEGATIVES, seed)
+        assert train_by_user[user] == {(r.item, r.rating, r.timestamp) for r in ordered[: len(ordered) - n_held]}
+    assert (held["test"]["98"][1], held["valid"]["98"][1]) == ("6", "5")
+    assert held["test"]["97"][4] != held["valid"]["97"][4] or held["test"]["97"][4] == ()
+
+
+def test_leave_one_out_tie_rule_larger_item_and_no_valid(tmp_path):
+    rows = [(1, 3, 4.0, 100), (1, 9, 5.0, 200), (1, 4, 3.0, 200), (1, 2, 1.0, 50),
+            (2, 1, 1.0, 10), (2, 2, 2.0, 20), (2, 5, 3.0, 30)]  # held-out items have no train row: told by rating
+    _write(rows, tmp_path / "u.data", "tab")
+    flags = ["--input", str(tmp_path / "u.data"), "--split", "leave_one_out", "--num-negatives", "1",
+             "--num-shards", "1"]
+    larger = _run(*flags, "--tie-rule", "larger-item", "--output", str(tmp_path / "a"))
+    assert "larger item id" in larger["split"]["tie_rule"]
+    test = {u: r for u, _, r, *_ in _decoded(tmp_path / "a", "test")}
+    valid = {u: r for u, _, r, *_ in _decoded(tmp_path / "a", "valid")}
+    assert test == {"1": 5.0, "2": 3.0} and valid == {"1": 3.0, "2": 2.0}  # item 9 (5.0) > item 4 (3.0) at t=200
+    position = _run(*flags, "--output", str(tmp_path / "b"))  # default: the later line (item 4, 3.0) is test
+    assert {u: r for u, _, r, *_ in _decoded(tmp_path / "b", "test")}["1"] == 3.0
+    none = _run(*flags, "--no-valid", "--output", str(tmp_path / "c"))
+    assert none["counts"]["valid_rows"] == 0 and none["counts"]["test_rows"] == 2
+    assert none["split"]["valid"]["rule"].startswith("none")
+    assert position["counts"]["valid_rows"] == 2
 
 
 # --------------------------------------------------------------------------- failures
@@ -505,9 +574,16 @@ def test_too_many_rejects_names_file_lines_and_reasons(tmp_path):
         (["--input", "{d}/absent.data"], "--input '{d}/absent.data' matches no file"),
         (["--input", "{d}/nothing-*.csv"], "matches no file"),
         (["--input", "{d}/empty.data"], "matches only empty files"),
-        (["--input", "{d}/ok.data", "--split", "given", "--eval-input", "{d}/absent.test"], "--eval-input"),
-        (["--input", "{d}/ok.data", "--split", "given"], "--split given needs --eval-input"),
-        (["--input", "{d}/ok.data", "--eval-fraction", "1.5"], "--eval-fraction must be in (0, 1)"),
+        (["--input", "{d}/ok.data", "--split", "given", "--test-input", "{d}/absent.test"], "--test-input"),
+        (["--input", "{d}/ok.data", "--split", "given", "--eval-input", "{d}/absent.test"], "--test-input"),
+        (["--input", "{d}/ok.data", "--split", "given"], "--split given needs --test-input"),
+        (["--input", "{d}/ok.data", "--eval-fraction", "1.5"], "--test-fraction must be in (0, 1)"),
+        (["--input", "{d}/ok.data", "--valid-fraction", "1"], "--valid-fraction must be in [0, 1)"),
+        (["--input", "{d}/ok.data", "--valid-input", "{d}/ok.data"], "--valid-input is only used with --split given"),
+        (["--input", "{d}/ok.data", "--eval_fraction", "0.2"],
+         "unrecognized argument(s) --eval_fraction 0.2: neither a flag of python -m beam_pipelines.movielens "
+         "nor a Beam pipeline option"),
+        (["--input", "{d}/ok.data", "--test-frac", "0.2"], "unrecognized argument(s) --test-frac"),
         (["--input", "{d}/odd.txt"], "cannot tell the format of"),
     ],
 )

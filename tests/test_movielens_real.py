@@ -26,12 +26,12 @@ def _run(source: Path, out: Path, *flags: str) -> dict[str, Any]:
 
 
 def _ratings_histogram(out: Path) -> tuple[dict[float, int], int]:
-    """Rating counts over train and eval, and the number of records, read with the written spec."""
+    """Rating counts over train, valid and test, and the number of records, read with the written spec."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
     spec = {F.RATING: tft.TFTransformOutput(str(out)).transformed_feature_spec()[F.RATING]}
-    files = sorted(str(p) for split in ("train", "eval") for p in (out / split).glob("part-*.tfrecord.gz"))
+    files = sorted(str(p) for split in ("train", "valid", "test") for p in (out / split).glob("part-*.tfrecord.gz"))
     histogram: collections.Counter = collections.Counter()
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(20000)
     for batch in dataset:
@@ -45,8 +45,9 @@ def _check_accounting(summary: dict[str, Any], lines: int, rows: int, headers: i
     assert counts["lines_read"] == lines == summary["accounting"]["accounted"]
     assert counts["header_lines"] == headers
     assert (counts["blank_lines"], counts["rejected_rows"], counts["duplicates_dropped"]) == (0, 0, 0)
-    assert counts["train_rows"] + counts["eval_rows"] == rows
-    assert 0.09 < counts["eval_rows"] / rows < 0.11  # --eval-fraction 0.1
+    assert counts["train_rows"] + counts["valid_rows"] + counts["test_rows"] == rows
+    assert 0.09 < counts["test_rows"] / rows < 0.11  # --test-fraction 0.1
+    assert 0.09 < counts["valid_rows"] / (rows - counts["test_rows"]) < 0.11  # --valid-fraction 0.1
     return counts
 
 

@@ -203,7 +203,7 @@ def test_trainer_local_workers_flag_strips_itself():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """4800 train / 1200 eval ratings in 4 shards (>= workers)."""
+    """4800 base (about 480 of them valid) / 1200 test ratings in 4 shards (>= workers)."""
     from beam_pipelines import movielens
 
     root = tmp_path_factory.mktemp("mw")
@@ -211,7 +211,7 @@ def shards(tmp_path_factory):
     rows = two_taste_ratings(num_users=200, num_items=100, per_user=30, seed=3, spread=1.5, noise=0.7)
     for name, keep in (("base.tsv", lambda i: i % 5), ("test.tsv", lambda i: not i % 5)):
         (root / name).write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for n, (u, i, r, t) in enumerate(rows) if keep(n)))
-    movielens.run(["--input", str(root / "base.tsv"), "--eval-input", str(root / "test.tsv"), "--split", "given",
+    movielens.run(["--input", str(root / "base.tsv"), "--test-input", str(root / "test.tsv"), "--split", "given",
                    "--output", str(root / "data"), "--num-shards", "4"], save_main_session=False)
     test_ratings = np.array([r for n, (_, _, r, _) in enumerate(rows) if not n % 5], dtype=float)
     (root / "mean_baseline_rmse").write_text(str(float(np.sqrt(np.mean((test_ratings - test_ratings.mean()) ** 2)))))
@@ -246,30 +246,31 @@ def test_two_workers_match_one_process(shards, two_workers, processes, tmp_path)
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((job / "metrics.json").read_text())
-    # The Vertex tuning report (cloudml-hypertune convention) carries the eval RMSE.
-    (record,) = [json.loads(line) for line in (tmp_path / "hp.metrics").read_text().splitlines()]
-    assert float(record["rmse"]) == pytest.approx(one["eval"]["rmse"], rel=1e-6)
-    assert int(record["global_step"]) == EPOCHS * one["steps_per_epoch"]
+    # The Vertex tuning reports (cloudml-hypertune convention) carry the VALID RMSE: every epoch, then the kept one.
+    records = [json.loads(line) for line in (tmp_path / "hp.metrics").read_text().splitlines()]
+    assert len(records) == EPOCHS + 1
+    assert float(records[-1]["rmse"]) == pytest.approx(one["valid"]["rmse"], rel=1e-6)
+    assert int(records[-1]["global_step"]) == EPOCHS * one["cluster"]["steps_per_epoch"]
     two = two_workers["metrics"]
-    assert two["replicas"] == 2 and one["replicas"] == 1
-    assert two["global_batch_size"] == one["global_batch_size"] == 1200
-    assert two["steps_per_epoch"] == one["steps_per_epoch"]
-    assert one["eval"]["num_examples"] == two["eval"]["num_examples"] == 1200
+    assert two["cluster"]["replicas"] == 2 and one["cluster"]["replicas"] == 1
+    assert two["cluster"]["global_batch_size"] == one["cluster"]["global_batch_size"] == 1200
+    assert two["cluster"]["steps_per_epoch"] == one["cluster"]["steps_per_epoch"]
+    assert one["test"]["num_examples"] == two["test"]["num_examples"] == 1200
     # Both learnt the planted structure (far better than predicting the mean) ...
     baseline = float((shards / "mean_baseline_rmse").read_text())
     assert baseline > 1.4
-    assert two["eval"]["rmse"] < 0.6 * baseline and one["eval"]["rmse"] < 0.6 * baseline
+    assert two["test"]["rmse"] < 0.6 * baseline and one["test"]["rmse"] < 0.6 * baseline
     # ... and reach the same quality.
-    assert two["eval"]["rmse"] == pytest.approx(one["eval"]["rmse"], abs=0.01)
-    print(f"\nRMSE 1 process {one['eval']['rmse']:.4f}, 2 workers {two['eval']['rmse']:.4f}; "
+    assert two["test"]["rmse"] == pytest.approx(one["test"]["rmse"], abs=0.01)
+    print(f"\nRMSE 1 process {one['test']['rmse']:.4f}, 2 workers {two['test']['rmse']:.4f}; "
           f"2-worker job {two_workers['seconds']:.0f} s")
 
 
 def test_two_workers_log_prefixes_and_one_export(two_workers):
     log = two_workers["log"]
     assert re.search(r"^\[chief:0\] Epoch 1/", log, re.M)
-    assert re.search(r"^\[worker:0\] trainer: mf eval: rmse=", log, re.M)
-    assert "[worker:0] trainer: train" in log and "export: (not lead)" in log
+    assert re.search(r"^\[chief:0\] trainer: mf test:  rmse=", log, re.M)
+    assert re.search(r"^\[worker:0\] trainer: mf fit done on worker:0 .*not lead", log, re.M)
     exports = list(two_workers["job"].rglob("saved_model.pb"))
     assert exports == [two_workers["job"] / "export" / "saved_model.pb"]
     assert not list(two_workers["tmp"].glob("export-worker-*"))  # the worker removed its temporary export
@@ -299,11 +300,11 @@ def test_killed_worker_fails_the_job_and_a_relaunch_resumes(shards, two_workers,
     code, text = _run_launcher(processes, args, env, timeout=200)
     assert code == 0, text[-4000:]
     metrics = json.loads((job / "metrics.json").read_text())
-    epochs_run = len(metrics["history"]["loss"])
     first_epoch = int(re.search(r"\[chief:0\] Epoch (\d+)/", text).group(1))
-    # Resumed from the backup, not from epoch 0.
+    # Resumed from the backup, not from epoch 0; the history and the selection span the whole run.
     assert first_epoch >= 4, text[-3000:]
-    assert epochs_run == EPOCHS - first_epoch + 1
-    assert metrics["eval"]["rmse"] == pytest.approx(two_workers["metrics"]["eval"]["rmse"], abs=0.01)
-    print(f"\nresumed at epoch {first_epoch}/{EPOCHS}; RMSE resumed {metrics['eval']['rmse']:.4f} "
-          f"vs uninterrupted {two_workers['metrics']['eval']['rmse']:.4f}")
+    assert metrics["selection"]["resumed_after_epoch"] == first_epoch - 1
+    assert metrics["history"]["epoch"][-1] == EPOCHS and len(metrics["history"]["epoch"]) >= EPOCHS - 1
+    assert metrics["test"]["rmse"] == pytest.approx(two_workers["metrics"]["test"]["rmse"], abs=0.01)
+    print(f"\nresumed at epoch {first_epoch}/{EPOCHS}; RMSE resumed {metrics['test']['rmse']:.4f} "
+          f"vs uninterrupted {two_workers['metrics']['test']['rmse']:.4f}")

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from beam_pipelines import movielens
+from tests.conftest import METRICS_TOP_LEVEL, run_experiment
 from trainer import models
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-RANKING_MODELS = sorted(name for name, spec in models.REGISTRY.items() if spec.kind == "ranking")
+RANKING_MODELS = sorted(name for name, spec in models.REGISTRY.items() if spec.task == "ranking")
 TINY = ["train.epochs=1", "train.batch_size=32", "train.shuffle_buffer=1000", "train.learning_rate=0.01"]
 
 
@@ -34,13 +35,13 @@ def tiny(tmp_path_factory):
          "--output", str(data), "--num-shards", "2"],
         save_main_session=False,
     )
-    latest = {}
+    by_user = {}
     for u, i, _, t in rows:
-        if u not in latest or t > latest[u][1]:
-            latest[u] = (i, t)
+        by_user.setdefault(u, []).append((t, i))
+    held_out = {u: {i for _, i in sorted(ts)[-2:]} for u, ts in by_user.items()}  # test = latest, valid = 2nd latest
     train = {}
     for u, i, _, t in rows:
-        if latest[u][0] != i:
+        if i not in held_out[u]:
             train.setdefault(str(u), set()).add(str(i))
     return {"root": root, "data": data, "train": train}
 
@@ -48,12 +49,8 @@ def tiny(tmp_path_factory):
 def _run(config_name, data, job, *overrides):
     import tensorflow as tf
 
-    from trainer import config as config_lib
-    from trainer import experiment
-
     tf.keras.backend.clear_session()
-    config = config_lib.resolve(str(REPO / "configs" / f"movielens_{config_name}.yaml"), [*TINY, *overrides])
-    return experiment.run(config, str(data), str(job), environ={})
+    return run_experiment(f"movielens_{config_name}.yaml", data, job, *TINY, *overrides, environ={})
 
 
 @pytest.fixture(scope="module")
@@ -63,26 +60,31 @@ def fitted(tiny):
 
 def test_registry_has_the_ranking_models():
     assert RANKING_MODELS == ["bpr", "gmf", "mlp", "neumf"]
-    assert models.REGISTRY["mf"].kind == "rating"
+    assert models.REGISTRY["mf"].task == "rating"
 
 
 @pytest.mark.parametrize("name", RANKING_MODELS)
 def test_one_epoch_fit_writes_ranking_metrics(fitted, tiny, name):
     result = fitted[name]
-    assert result["kind"] == "ranking"
-    evaluation = result["eval"]
-    assert evaluation["num_users"] == 40 and evaluation["num_candidates"] == 11
-    for key in ("hr@10", "ndcg@10", "mrr", "hit@1", "hit@5", "full_recall@10", "full_ndcg@10"):
-        assert 0.0 <= evaluation[key] <= 1.0, key
-    assert np.isfinite(result["history"]["loss"]).all()
+    assert result.task == "ranking"
+    for split in ("valid", "test"):
+        evaluation = getattr(result, split)
+        assert evaluation["num_users"] == 40 and evaluation["num_candidates"] == 11
+        for key in ("hr@10", "ndcg@10", "mrr", "hit@1", "hit@5", "full_recall@10", "full_ndcg@10"):
+            assert 0.0 <= evaluation[key] <= 1.0, key
+    assert np.isfinite(result.history["loss"]).all()
+    # The epoch is chosen on valid ndcg@10 (exact, measured after every epoch), never on test.
+    assert result.selection["monitor"] == "ndcg@10" and "val_ndcg@10" in result.history
+    assert "val_mrr" in result.history and not any(k.startswith("test") for k in result.history)
     assert (tiny["root"] / f"job-{name}" / "export" / "saved_model.pb").exists()
-    assert json.loads((tiny["root"] / f"job-{name}" / "metrics.json").read_text())["eval"] == evaluation
+    written = json.loads((tiny["root"] / f"job-{name}" / "metrics.json").read_text())
+    assert set(written) == METRICS_TOP_LEVEL and written["test"] == result.test
 
 
 def test_models_learn_the_planted_groups(tiny):
     # Negatives of the other group are easy: a few epochs put the positive near the top.
     result = _run("bpr", tiny["data"], tiny["root"] / "job-bpr-long", "train.epochs=40", "train.learning_rate=0.05", "hparams.embedding_dim=8")
-    assert result["eval"]["mrr"] > 0.5  # random ranking of 1 + 10 candidates gives ~0.27
+    assert result.test["mrr"] > 0.5  # random ranking of 1 + 10 candidates gives ~0.27
 
 
 def test_sampled_negatives_are_never_train_items(tiny):
@@ -183,16 +185,19 @@ def test_neumf_starts_from_pretrained_gmf_and_mlp(fitted, tiny):
 def test_leaderboard_table(fitted, tiny, tmp_path):
     from workflows import leaderboard
 
+    data = str(tiny["data"])
     rows = leaderboard.run_board(
-        str(tiny["data"]), str(tmp_path / "board"),
-        [str(REPO / "configs" / "movielens_gmf.yaml"), str(REPO / "configs" / "movielens_mlp.yaml")],
-        TINY, pretrained_neumf=[str(REPO / "configs" / "movielens_neumf_pretrained.yaml")],
+        str(tmp_path / "board"),
+        [(str(REPO / "configs" / "movielens_gmf.yaml"), data), (str(REPO / "configs" / "movielens_mlp.yaml"), data)],
+        TINY, pretrained_neumf=[(str(REPO / "configs" / "movielens_neumf_pretrained.yaml"), data)],
     )
     assert [r["name"] for r in rows] == ["00-gmf", "01-mlp", "02-neumf-pretrained"]
     table = (tmp_path / "board" / "leaderboard.md").read_text()
-    assert "| model | job | hr@10 | ndcg@10 | mrr |" in table and "02-neumf-pretrained" in table
+    assert "| model | task | data | valid | test | kept epoch | train s | examples/s |" in table
+    assert "| neumf | ranking | data | hr@10 " in table
     saved = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
-    assert saved["rows"][2]["eval"]["hr@10"] == rows[2]["eval"]["hr@10"]
+    assert saved["rows"][2]["test"]["hr@10"] == rows[2]["test"]["hr@10"]
+    assert saved["rows"][2]["valid"]["ndcg@10"] == rows[2]["valid"]["ndcg@10"]
 
 
 def test_leaderboard_entry_overrides_split_only_before_keys():

@@ -40,7 +40,7 @@ def test_in_memory_and_multi_processing_write_the_same_files(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         outputs[mode] = out
     assert _shards(outputs["in_memory"]) == _shards(outputs["multi_processing"])
-    assert len(_shards(outputs["in_memory"])) == 6
+    assert len(_shards(outputs["in_memory"])) == 9  # train, valid, test x 3 shards
     summary = _summary(outputs["in_memory"])
     assert summary["accounting"]["balanced"] and summary["counts"]["duplicates_dropped"] == 1
     assert summary == {**_summary(outputs["multi_processing"]), "sources": summary["sources"]}

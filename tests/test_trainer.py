@@ -1,4 +1,4 @@
-"""Trainer end to end on a tiny pipeline output: smoke fit, SavedModel round trip, bad input."""
+"""Trainer end to end on a tiny pipeline output: smoke fit, SavedModel round trip, bad input and bad config."""
 import json
 import shutil
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 from beam_pipelines import movielens
 from trainer import task
 
-from tests.conftest import two_taste_ratings
+from tests.conftest import METRICS_TOP_LEVEL, two_taste_ratings
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
     (root / "test.tsv").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in test))
     data = root / "data"
     movielens.run(
-        ["--input", str(root / "base.tsv"), "--eval-input", str(root / "test.tsv"), "--split", "given",
+        ["--input", str(root / "base.tsv"), "--test-input", str(root / "test.tsv"), "--split", "given",
          "--output", str(data), "--num-shards", "2"],
         save_main_session=False,
     )
@@ -44,16 +44,28 @@ def trained(tiny):
     return job
 
 
-def test_fit_writes_every_output(trained):
+def test_fit_writes_every_output(trained, tiny):
     metrics = json.loads((trained / "metrics.json").read_text())
-    assert set(metrics["eval"]) == {"rmse", "mae", "num_examples"}
-    assert metrics["eval"]["num_examples"] == 240
-    assert len(metrics["history"]["loss"]) == 30
+    assert set(metrics) == METRICS_TOP_LEVEL
+    assert set(metrics["test"]) == set(metrics["valid"]) == {"rmse", "mae", "num_examples"}
+    assert metrics["test"]["num_examples"] == 240
+    summary = json.loads((tiny["data"] / "dataset.json").read_text())
+    assert metrics["valid"]["num_examples"] == summary["splits"]["valid"]["examples"] > 50
+    assert len(metrics["history"]["loss"]) == len(metrics["history"]["val_rmse"]) == 30
+    best = metrics["selection"]["best_epoch"]
+    assert metrics["history"]["val_rmse"][best - 1] == min(metrics["history"]["val_rmse"])
+    assert metrics["valid"]["rmse"] == pytest.approx(metrics["history"]["val_rmse"][best - 1], abs=1e-5)
     assert (trained / "plots" / "loss.png").stat().st_size > 1000
     assert (trained / "export" / "saved_model.pb").exists()
     assert (trained / "config.resolved.yaml").read_text().startswith("model: mf")
     assert list((trained / "tensorboard").rglob("events.out.tfevents*"))
-    assert list((trained / "checkpoints").glob("epoch-030*"))
+    assert (trained / "checkpoints" / "selected.index").exists()
+    # Every listed output exists, and what exists is listed.
+    outputs = metrics["outputs"]
+    assert {"metrics", "export", "plots", "config", "checkpoints", "tensorboard"} <= set(outputs)
+    for value in outputs.values():
+        for path in value if isinstance(value, list) else [value]:
+            assert __import__("os").path.exists(path), path
 
 
 def test_model_learns_the_planted_structure(trained, tiny):
@@ -61,7 +73,7 @@ def test_model_learns_the_planted_structure(trained, tiny):
     test_ratings = np.array([r for _, _, r, _ in tiny["test"]], dtype=float)
     mean_baseline = float(np.sqrt(np.mean((test_ratings - test_ratings.mean()) ** 2)))
     assert mean_baseline > 1.9
-    assert metrics["eval"]["rmse"] < 0.5 * mean_baseline
+    assert metrics["test"]["rmse"] < 0.5 * mean_baseline
 
 
 def test_savedmodel_round_trip_with_raw_ids(trained, tiny):
@@ -75,7 +87,7 @@ def test_savedmodel_round_trip_with_raw_ids(trained, tiny):
     actual = np.array([r for _, _, r, _ in tiny["test"]], dtype=float)
     metrics = json.loads((trained / "metrics.json").read_text())
     # The served model from raw ids reproduces the trainer's own evaluation.
-    assert float(np.sqrt(np.mean((predicted - actual) ** 2))) == pytest.approx(metrics["eval"]["rmse"], abs=1e-4)
+    assert float(np.sqrt(np.mean((predicted - actual) ** 2))) == pytest.approx(metrics["test"]["rmse"], abs=1e-4)
     assert out["known_user"].numpy().all()
 
 
@@ -162,12 +174,14 @@ def test_bayesian_mf_learns_and_serves_raw_ids(bayesian, tiny):
     assert (bayesian / "plots" / "loss.png").stat().st_size > 1000
     actual = np.array([r for _, _, r, _ in tiny["test"]], dtype=float)
     mean_baseline = float(np.sqrt(np.mean((actual - actual.mean()) ** 2)))
-    assert metrics["eval"]["rmse"] < 0.5 * mean_baseline
+    assert metrics["test"]["rmse"] < 0.5 * mean_baseline
+    assert set(metrics) == METRICS_TOP_LEVEL and "sampler" in metrics["selection"]["rule"]
+    assert list((bayesian / "tensorboard").rglob("events.out.tfevents*"))  # the printed TensorBoard path is real
     serve = tf.saved_model.load(str(bayesian / "export")).signatures["serving_default"]
     out = serve(user_id=tf.constant([str(u) for u, _, _, _ in tiny["test"]]),
                 item_id=tf.constant([str(i) for _, i, _, _ in tiny["test"]]))
     served = float(np.sqrt(np.mean((out["rating"].numpy() - actual) ** 2)))
-    assert served == pytest.approx(metrics["eval"]["rmse"], abs=1e-4)
+    assert served == pytest.approx(metrics["test"]["rmse"], abs=1e-4)
 
 
 def test_exported_bayesian_mf_is_the_mean_over_kept_samples():
@@ -201,3 +215,117 @@ def test_bayesian_mf_refuses_several_workers(tiny, tmp_path):
         capture_output=True, text=True, cwd=REPO, env={**os.environ, "TF_CONFIG": tf_config}, timeout=300,
     )
     _assert_one_line_error(result, "Gibbs sampling in one process")
+
+
+# --------------------------------------------------------------------------- config values and data checks
+@pytest.mark.parametrize("override, expected", [
+    ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'"),
+    ("hparams.embedding_dim=16.5", "hparams.embedding_dim: expected an integer, got 16.5"),
+    ("train.learning_rate=fast", "train.learning_rate: expected a number, got 'fast'"),
+    ("hparams.clip_predictions=maybe", "hparams.clip_predictions: expected true or false"),
+    ("train.optimizer=rmsprop", "optimizer must be one of adam, adagrad, sgd"),
+    ("train.monitor=ndcg@10", "train.monitor 'ndcg@10' is not a valid metric of mf (rating); valid: rmse, mae"),
+    ("hparams.embeding_dim=8", "unknown key(s) hparams.embeding_dim"),
+    ("model=mff", "unknown model 'mff'"),
+])
+def test_bad_config_values_are_one_line_before_tensorflow(override, expected, tmp_path):
+    """Each bad value is one line, exit 2, and TensorFlow is never imported (so it is answered at once)."""
+    code = (
+        "import sys\n"
+        "from trainer import task\n"
+        f"rc = task.main(['--config', 'configs/movielens_mf.yaml', '--data', {str(tmp_path)!r}, "
+        f"'--job-dir', {str(tmp_path / 'j')!r}, '--set', {override!r}])\n"
+        "assert 'tensorflow' not in sys.modules, 'TensorFlow imported before the config was valid'\n"
+        "sys.exit(rc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    _assert_one_line_error(result, expected)
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_discrete_values_sent_as_doubles_are_coerced():
+    from trainer import config as config_lib
+
+    config = config_lib.resolve(str(REPO / "configs" / "movielens_mf.yaml"),
+                                ["hparams.embedding_dim=16.0", "train.batch_size=512.0", "train.learning_rate=1e-3"])
+    assert config["hparams"]["embedding_dim"] == 16 and isinstance(config["hparams"]["embedding_dim"], int)
+    assert config["train"]["batch_size"] == 512 and config["train"]["learning_rate"] == 0.001
+    args = task.parse_args(["--data", "d", "--job-dir", "j", "--hparams.embedding_dim=32.0", "--train.epochs", "3"])
+    assert args.set == ["hparams.embedding_dim=32.0", "train.epochs=3"]
+
+
+def test_hypertune_metric_must_be_a_valid_metric_of_the_task(tiny, tmp_path):
+    result = _run_cli("--config", "configs/movielens_mf.yaml", "--data", str(tiny["data"]),
+                      "--job-dir", str(tmp_path / "j"), "--hypertune-metric", "accuracy")
+    _assert_one_line_error(result, "--hypertune-metric 'accuracy' is not a valid metric of mf (rating); valid: rmse, mae")
+
+
+def test_graph_config_on_ratings_output_is_one_line(tiny, tmp_path):
+    result = _run_cli("--config", "configs/lastfm_hetero_gnn.yaml", "--data", str(tiny["data"]),
+                      "--job-dir", str(tmp_path / "j"))
+    _assert_one_line_error(result, "model hetero_gnn trains on lastfm data (python -m beam_pipelines.lastfm), "
+                                   f"but {tiny['data']} holds ratings data")
+
+
+def test_old_train_eval_layout_is_refused_with_what_to_run(tiny, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny["data"], old)
+    summary = json.loads((old / "dataset.json").read_text())
+    for key in ("splits", "schema"):
+        del summary[key]
+    (old / "dataset.json").write_text(json.dumps(summary))
+    (old / "valid").rename(old / "eval")
+    result = _run_cli("--data", str(old), "--job-dir", str(tmp_path / "j"))
+    _assert_one_line_error(result, "written by an earlier pipeline version (train/ + eval/, no valid split); "
+                                   "rerun python -m beam_pipelines.movielens to write train/ valid/ test/")
+
+
+def test_truncated_or_missing_shard_is_one_line_before_any_fit(tiny, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["data"], broken)
+    shard = sorted((broken / "train").glob("part-*"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    result = _run_cli("--data", str(broken), "--job-dir", str(tmp_path / "j"))
+    _assert_one_line_error(result, f"{shard} is corrupt or truncated")
+    assert not (tmp_path / "j" / "export").exists()
+    shard.unlink()
+    _assert_one_line_error(_run_cli("--data", str(broken), "--job-dir", str(tmp_path / "j")),
+                           f"train shard {shard} is missing")
+
+
+def test_trial_id_gives_each_tuning_trial_its_own_directory(tmp_path):
+    from trainer import experiment
+
+    paths = experiment.JobPaths.from_env(str(tmp_path / "job"), {"CLOUD_ML_TRIAL_ID": "7"})
+    assert paths.job_dir == f"{tmp_path}/job/trials/7" and paths.export == f"{tmp_path}/job/trials/7/export"
+    assert experiment.JobPaths.from_env(str(tmp_path / "job"), {}).job_dir == f"{tmp_path}/job"
+
+
+def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(tiny, tmp_path):
+    """train.refit: valid chose the epoch; the exported, tested model is a fresh fit on train + valid."""
+    from tests.conftest import run_experiment
+
+    result = run_experiment("movielens_mf.yaml", tiny["data"], tmp_path / "job", "train.epochs=6",
+                            "train.batch_size=64", "hparams.embedding_dim=4", "train.refit=true", environ={})
+    refit = result.selection["refit"]
+    summary = json.loads((tiny["data"] / "dataset.json").read_text())
+    assert refit["epochs"] == result.selection["best_epoch"]
+    assert refit["train_examples"] == summary["splits"]["train"]["examples"] + summary["splits"]["valid"]["examples"]
+    assert set(refit["test_of_the_selection_model"]) == {"rmse", "mae", "num_examples"}
+    assert len(result.history["refit_loss"]) == refit["epochs"]
+    assert (tmp_path / "job" / "checkpoints" / "refit.index").exists()
+    # the valid metrics are the selection model's (it never saw valid), the epoch's logged value
+    assert result.valid["rmse"] == pytest.approx(result.history["val_rmse"][result.selection["best_epoch"] - 1])
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(tmp_path / "job" / "export")).signatures["serving_default"]
+    out = serve(user_id=tf.constant([str(u) for u, _, _, _ in tiny["test"]]),
+                item_id=tf.constant([str(i) for _, i, _, _ in tiny["test"]]))
+    actual = np.array([r for _, _, r, _ in tiny["test"]], dtype=float)
+    assert float(np.sqrt(np.mean((out["rating"].numpy() - actual) ** 2))) == pytest.approx(result.test["rmse"], abs=1e-4)
+
+
+def test_refit_is_refused_where_it_cannot_work(tiny, tmp_path):
+    result = _run_cli("--config", "configs/movielens_gmf.yaml", "--data", str(tiny["data"]),
+                      "--job-dir", str(tmp_path / "j"), "--set", "train.refit=true")
+    _assert_one_line_error(result, "train.refit is not supported by ranking models")

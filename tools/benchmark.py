@@ -7,7 +7,7 @@ stage's own. This is a script that prints numbers, not a timed test.
 
 Usage::
 
-    python -m tools.benchmark --work /tmp/bench [--ml-100k ../shared/data/ml-100k] \\
+    python tools/benchmark.py --work /tmp/bench [--ml-100k ../shared/data/ml-100k] \\
         [--generated 1000000] [--epochs 3] [--skip-train]
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def bench_dataset(name: str, pipeline_args: list[str], work: Path, epochs: int, 
             "rows": summary["counts"]["train_rows"] * epochs, "wall_seconds": stage["wall_seconds"],
             "stage_seconds": metrics["timings"]["train_seconds"],
             "rows_per_second": round(metrics["timings"]["train_examples_per_second"]), "peak_mb": stage["peak_mb"],
-            "eval_rmse": round(metrics["eval"].get("rmse", float("nan")), 4),
+            "test_rmse": round(metrics["test"].get("rmse", float("nan")), 4),
         })
     return rows
 
@@ -104,7 +104,7 @@ def bench_ranking(path: Path, work: Path, models: list[str], epochs: int) -> lis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/benchmark.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--ml-100k", type=Path, default=REPO.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--generated", type=int, default=1_000_000, help="generated ratings (0 to skip)")

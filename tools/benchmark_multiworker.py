@@ -16,7 +16,7 @@ tracing is included: use several epochs).
 
 Usage::
 
-    python -m tools.benchmark_multiworker --work /tmp/bench-mw [--data OUT] [--ratings 50000] \\
+    python tools/benchmark_multiworker.py --work /tmp/bench-mw [--data OUT] [--ratings 50000] \\
         [--workers 2] [--global-batch 2048] [--epochs 3]
 
 Without ``--data`` it generates planted ratings and runs the MovieLens pipeline
@@ -75,22 +75,22 @@ def run_trainer(data: Path, job: Path, workers: int, per_replica_batch: int, epo
     if result.returncode != 0:
         raise SystemExit(f"run with {workers} worker(s) failed:\n{(result.stdout + result.stderr)[-3000:]}")
     metrics = json.loads((job / "metrics.json").read_text())
-    steps = metrics["steps_per_epoch"] * len(metrics["history"]["loss"])
+    steps = metrics["cluster"]["steps_per_epoch"] * len(metrics["history"]["loss"])
     return {
         "workers": workers,
         "per_replica_batch": per_replica_batch,
-        "global_batch": metrics["global_batch_size"],
+        "global_batch": metrics["cluster"]["global_batch_size"],
         "steps": steps,
         "train_seconds": metrics["timings"]["train_seconds"],
         "examples_per_second": metrics["timings"]["train_examples_per_second"],
         "ms_per_step": 1000.0 * metrics["timings"]["train_seconds"] / steps,
-        "rmse": metrics["eval"].get("rmse"),
+        "rmse": metrics["test"].get("rmse"),
         "wall_seconds": round(time.time() - started, 1),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.benchmark_multiworker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/benchmark_multiworker.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="scratch directory")
     parser.add_argument("--data", help="existing pipeline output (needs >= --workers train shards)")
     parser.add_argument("--ratings", type=int, default=50_000, help="generated ratings when --data is absent")

@@ -1,9 +1,20 @@
-"""tf.data input from a pipeline output directory.
+"""Reading a pipeline output: the checked ``dataset.json`` contract, and tf.data input of ratings.
 
-Owns reading ``dataset.json`` and the tf.Transform output, checking that the
-data has what a model needs, and building the sharded, shuffled, batched,
-parsed and prefetched datasets. Features are parsed with the pipeline's
-``transformed_metadata``; nothing here re-declares the schema.
+Every pipeline writes ``OUT/dataset.json`` last (it is the commit marker) with
+``schema`` (the ``schemas`` module its examples follow) and ``splits``
+(``{"train"|"valid"|"test": {"examples": N, "files": [relative shard paths]}}``).
+``read_dataset`` checks an output against that before any training starts: the
+directory and marker exist, the schema is the one the task reads (a GNN config
+on a ratings output is one clear error), the shard files on disk are exactly
+those listed, and every listed shard reads to its end with the listed number of
+examples (a truncated or corrupt shard fails here, not mid-fit). Outputs written
+by the earlier train/eval layout are refused with one line that says to re-run
+the pipeline.
+
+For the ratings schema it also builds ``DataInfo`` (vocabulary sizes, rating
+statistics, the transformed feature spec from tf.Transform's
+``transformed_metadata``) and the sharded, shuffled, batched tf.data input.
+Nothing here re-declares the schema.
 """
 from __future__ import annotations
 
@@ -16,14 +27,123 @@ import tensorflow as tf
 
 from schemas import ratings as F
 
+SPLITS = ("train", "valid", "test")
+PIPELINES = {  # schema -> the command that writes it (for error messages)
+    "ratings": "python -m beam_pipelines.movielens",
+    "lastfm": "python -m beam_pipelines.lastfm",
+    "playlists": "python -m beam_pipelines.playlists",
+}
+
 
 class DataError(ValueError):
     """The data directory cannot be used; the message says why and what to run."""
 
 
 @dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A checked pipeline output.
+
+    Attributes:
+      data_dir: the pipeline's ``--output``.
+      summary: its ``dataset.json``.
+    """
+
+    data_dir: str
+    summary: dict[str, Any]
+
+    @property
+    def schema(self) -> str:
+        return str(self.summary["schema"])
+
+    def examples(self, split: str) -> int:
+        """Examples of a split, as the pipeline counted them."""
+        return int(self.summary["splits"][split]["examples"])
+
+    def files(self, split: str) -> list[str]:
+        """The split's shard files (absolute), in the listed order."""
+        return [f"{self.data_dir}/{name}" for name in self.summary["splits"][split]["files"]]
+
+
+def _rerun_hint(schema: str | None) -> str:
+    return PIPELINES.get(schema or "", "the pipeline that wrote it")
+
+
+def read_dataset(data_dir: str, *, schema: str, model: str, verify_records: bool = True) -> Dataset:
+    """Reads ``dataset.json`` and checks the output against it.
+
+    Args:
+      data_dir: a pipeline output directory (local or gs://).
+      schema: the ``schema`` the task reads (``ratings``, ``lastfm``, ...).
+      model: the model's name (for the messages).
+      verify_records: read every shard to its end and compare the example counts.
+
+    Raises:
+      DataError: one line naming what is wrong and what to run.
+    """
+    data_dir = data_dir.rstrip("/")
+    hint = _rerun_hint(schema)
+    if not tf.io.gfile.isdir(data_dir):
+        raise DataError(f"data directory {data_dir} does not exist; run a pipeline first ({hint} ... --output {data_dir})")
+    summary_path = f"{data_dir}/dataset.json"
+    if not tf.io.gfile.exists(summary_path):
+        raise DataError(f"{summary_path} is missing: {data_dir} is not a finished pipeline output "
+                        f"(dataset.json is written last; rerun {hint})")
+    try:
+        with tf.io.gfile.GFile(summary_path) as handle:
+            summary = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{summary_path} is not valid JSON ({error}); rerun {hint}") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{summary_path} does not hold a JSON object; rerun {hint}")
+    if "splits" not in summary or "schema" not in summary:
+        layout = "train/ + eval/" if tf.io.gfile.isdir(f"{data_dir}/eval") else "an older layout"
+        raise DataError(f"{data_dir} was written by an earlier pipeline version ({layout}, no valid split); "
+                        f"rerun {_rerun_hint(summary.get('schema', 'ratings' if summary.get('dataset') == 'movielens' else summary.get('dataset')))} "
+                        "to write train/ valid/ test/")
+    if summary["schema"] != schema:
+        raise DataError(f"model {model} trains on {schema} data ({hint}), but {data_dir} holds "
+                        f"{summary['schema']} data ({summary.get('dataset', '?')}, written by {_rerun_hint(summary['schema'])})")
+    dataset = Dataset(data_dir, summary)
+    for split in SPLITS:
+        _check_shards(dataset, split, hint, verify_records)
+    if dataset.examples("train") == 0:
+        raise DataError(f"{data_dir} has no train examples (see dataset.json counts and rejected/)")
+    return dataset
+
+
+def _check_shards(dataset: Dataset, split: str, hint: str, verify_records: bool) -> None:
+    """The split's files on disk are the listed ones and (optionally) hold the listed examples."""
+    if split not in dataset.summary["splits"]:
+        raise DataError(f"{dataset.data_dir}/dataset.json lists no {split} split; rerun {hint}")
+    listed = dataset.files(split)
+    found = set(tf.io.gfile.glob(f"{dataset.data_dir}/{split}/part-*"))
+    missing = [f for f in listed if f not in found]
+    extra = sorted(found - set(listed))
+    if missing:
+        raise DataError(f"{split} shard {missing[0]} is missing ({len(missing)} of {len(listed)} listed in "
+                        f"dataset.json); the output is incomplete, rerun {hint}")
+    if extra:
+        raise DataError(f"{extra[0]} is not listed in dataset.json (a stale or foreign shard); rerun {hint} "
+                        "into an empty --output")
+    if not verify_records:
+        return
+    expected = dataset.examples(split)
+    counted = 0
+    for path in listed:
+        try:
+            counted += int(tf.data.TFRecordDataset(path, compression_type="GZIP").reduce(
+                tf.constant(0, tf.int64), lambda count, _: count + 1))
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
+            reason = str(error).splitlines()[0][:160]
+            raise DataError(f"{path} is corrupt or truncated ({reason}); rerun {hint}") from None
+    if counted != expected:
+        raise DataError(f"{split} holds {counted} examples but dataset.json says {expected}; "
+                        f"the output was changed after the pipeline wrote it; rerun {hint}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataInfo:
-    """What a model needs to know about the data it trains on."""
+    """What a ratings model needs to know about the data it trains on."""
 
     data_dir: str
     summary: dict[str, Any]
@@ -34,16 +154,15 @@ class DataInfo:
     rating_min: float
     rating_max: float
 
+    def rows(self, split: str) -> int:
+        return int(self.summary["splits"][split]["examples"])
+
     @property
     def train_rows(self) -> int:
-        return int(self.summary["counts"]["train_rows"])
-
-    @property
-    def eval_rows(self) -> int:
-        return int(self.summary["counts"]["eval_rows"])
+        return self.rows("train")
 
     def files(self, split: str) -> list[str]:
-        return sorted(tf.io.gfile.glob(f"{self.data_dir}/{split}/part-*.tfrecord.gz"))
+        return Dataset(self.data_dir, self.summary).files(split)
 
     def transform_output(self):
         import tensorflow_transform as tft
@@ -51,41 +170,34 @@ class DataInfo:
         return tft.TFTransformOutput(self.data_dir)
 
 
-def load_data_info(data_dir: str, required_features: Sequence[str] = ()) -> DataInfo:
-    """Reads and checks a pipeline output directory.
+def load_data_info(data_dir: str, required_features: Sequence[str] = (), model: str = "this model",
+                   verify_records: bool = True) -> DataInfo:
+    """Reads and checks a ratings pipeline output (``beam_pipelines.movielens``).
 
     Args:
       data_dir: the pipeline's ``--output`` (local or gs://).
       required_features: transformed feature keys the model reads.
+      model: the model's name (for the messages).
+      verify_records: read every shard and compare its example count with dataset.json.
 
     Raises:
-      DataError: missing directory, dataset.json, transform output or shards,
-        no training rows, or features the model needs but the data lacks.
+      DataError: see ``read_dataset``; also a missing transform output, or
+        features the model needs but the data lacks.
     """
     import tensorflow_transform as tft
 
-    data_dir = data_dir.rstrip("/")
-    if not tf.io.gfile.isdir(data_dir):
-        raise DataError(f"data directory {data_dir} does not exist; run a pipeline first (python -m beam_pipelines.movielens ...)")
-    summary_path = f"{data_dir}/dataset.json"
-    if not tf.io.gfile.exists(summary_path):
-        raise DataError(f"{summary_path} is missing: {data_dir} is not a finished pipeline output")
-    with tf.io.gfile.GFile(summary_path) as handle:
-        summary = json.load(handle)
+    dataset = read_dataset(data_dir, schema="ratings", model=model, verify_records=verify_records)
+    data_dir = dataset.data_dir
     if not tf.io.gfile.isdir(f"{data_dir}/transformed_metadata"):
         raise DataError(f"{data_dir}/transformed_metadata is missing: not a tf.Transform pipeline output")
-    transform_output = tft.TFTransformOutput(data_dir)
-    spec = transform_output.transformed_feature_spec()
+    spec = tft.TFTransformOutput(data_dir).transformed_feature_spec()
     missing = [key for key in required_features if key not in spec]
     if missing:
         raise DataError(
-            f"schema mismatch: {data_dir} lacks feature(s) {', '.join(missing)} that the model needs "
+            f"schema mismatch: {data_dir} lacks feature(s) {', '.join(missing)} that {model} needs "
             f"(it has {', '.join(sorted(spec))})"
         )
-    if not tf.io.gfile.glob(f"{data_dir}/train/part-*.tfrecord.gz"):
-        raise DataError(f"no training shards in {data_dir}/train")
-    if int(summary.get("counts", {}).get("train_rows", 0)) == 0:
-        raise DataError(f"{data_dir} has no training rows (see dataset.json counts)")
+    summary = dataset.summary
     stats = summary.get("rating_stats", {})
     vocab = summary.get("vocabulary", {})
     return DataInfo(
@@ -100,20 +212,33 @@ def load_data_info(data_dir: str, required_features: Sequence[str] = ()) -> Data
     )
 
 
-def _parsed_dataset(
+def parsed_dataset(
     files: Sequence[str],
     feature_spec: dict[str, Any],
     batch_size: int,
     *,
     shuffle: bool,
-    shuffle_buffer: int,
-    seed: int,
+    shuffle_buffer: int = 0,
+    seed: int = 0,
     num_input_pipelines: int = 1,
     input_pipeline_id: int = 0,
-    repeat: bool = False,
     keys: Sequence[str] | None = None,
     batch_map: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tf.data.Dataset:
+    """Batches of parsed examples from gzip TFRecord shards.
+
+    ``num_input_pipelines`` / ``input_pipeline_id``: each input pipeline (worker)
+    reads a disjoint set of files. ``batch_map`` is applied to every parsed batch
+    (e.g. fresh negatives, ``trainer.ranking``).
+
+    Raises:
+      DataError: fewer shards than input pipelines (each worker needs one).
+    """
+    if len(files) < num_input_pipelines:
+        raise DataError(
+            f"{len(files)} shards for {num_input_pipelines} workers: "
+            f"rerun the pipeline with --num-shards >= {num_input_pipelines}"
+        )
     spec = {k: v for k, v in feature_spec.items() if keys is None or k in keys}
     file_ds = tf.data.Dataset.from_tensor_slices(list(files))
     # Shard the *file list* per input pipeline before shuffling (as TF-GNN's
@@ -129,68 +254,46 @@ def _parsed_dataset(
     )
     if shuffle:
         records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        records = records.repeat()
     batched = records.batch(batch_size)
     parsed = batched.map(lambda serialized: tf.io.parse_example(serialized, spec), num_parallel_calls=tf.data.AUTOTUNE)
-    if batch_map is not None:  # e.g. fresh negatives per batch (trainer.ranking)
+    if batch_map is not None:
         parsed = parsed.map(batch_map, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return parsed.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def distributed_dataset(
-    strategy,
-    info: DataInfo,
-    split: str,
-    per_replica_batch: int,
-    *,
-    shuffle: bool,
-    shuffle_buffer: int,
-    seed: int,
-    repeat: bool,
-    keys: Sequence[str] | None = None,
-    batch_map: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-):
-    """A dataset for ``model.fit``: one input pipeline per worker, disjoint shards.
+class ShardedBatches:
+    """A ``runner.DatasetProvider``-shaped source of shuffled train batches: disjoint shards per input pipeline.
 
-    ``batch_map`` (optional) is applied to every parsed batch.
-
-    Raises:
-      DataError: fewer shards than input pipelines (each worker needs one).
+    ``runner.KerasTrainer`` calls ``get_dataset(input_context)`` once per input
+    pipeline and repeats the result when ``steps_per_epoch`` is set.
     """
-    files = info.files(split)
-    if not files:
-        raise DataError(f"no {split} shards in {info.data_dir}/{split}")
 
-    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        if len(files) < input_context.num_input_pipelines:
-            raise DataError(
-                f"{len(files)} {split} shards for {input_context.num_input_pipelines} workers: "
-                f"rerun the pipeline with --num-shards >= {input_context.num_input_pipelines}"
-            )
-        return _parsed_dataset(
-            files,
-            info.feature_spec,
-            per_replica_batch,
-            shuffle=shuffle,
-            shuffle_buffer=shuffle_buffer,
-            seed=seed,
-            num_input_pipelines=input_context.num_input_pipelines,
-            input_pipeline_id=input_context.input_pipeline_id,
-            repeat=repeat,
-            keys=keys,
-            batch_map=batch_map,
+    def __init__(self, info: DataInfo, splits: str | Sequence[str], per_replica_batch: int, *, seed: int,
+                 shuffle_buffer: int, keys: Sequence[str] | None = None, batch_map=None):
+        splits = (splits,) if isinstance(splits, str) else tuple(splits)
+        self._files = [f for split in splits for f in info.files(split)]
+        self._spec = info.feature_spec
+        self._batch = per_replica_batch
+        self._seed = seed
+        self._buffer = shuffle_buffer
+        self._keys = keys
+        self._batch_map = batch_map
+
+    def get_dataset(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return parsed_dataset(
+            self._files, self._spec, self._batch, shuffle=True, shuffle_buffer=self._buffer, seed=self._seed,
+            num_input_pipelines=context.num_input_pipelines, input_pipeline_id=context.input_pipeline_id,
+            keys=self._keys, batch_map=self._batch_map,
         )
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def local_dataset(info: DataInfo, split: str, batch_size: int, keys: Sequence[str] | None = None) -> tf.data.Dataset:
     """Every row of a split, in file order, for exact evaluation in one process."""
-    return _parsed_dataset(info.files(split), info.feature_spec, batch_size, shuffle=False, shuffle_buffer=0, seed=0, keys=keys)
+    return parsed_dataset(info.files(split), info.feature_spec, batch_size, shuffle=False, keys=keys)
 
 
 def steps_for(rows: int, global_batch: int) -> int:
+    """Steps of one pass over ``rows`` examples (at least 1)."""
     return max(1, math.ceil(rows / global_batch))

@@ -1,37 +1,64 @@
-"""One training run: data -> model (in the strategy scope) -> fit -> evaluate -> export.
+"""The one experiment every model runs through: config -> task -> fit -> select on valid -> evaluate -> export.
 
-Owns the fit loop wiring (callbacks, steps, global batch), exact evaluation of the
-eval split with the pure functions in ``trainer.metrics``, and the job outputs::
+``run(*, config, data_dir, job)`` is the only training path (``trainer.task`` is
+its command line; sweeps, the leaderboard and tuning call it in-process). Its
+stages:
 
-    JOB/export/ (or $AIP_MODEL_DIR)   JOB/checkpoints/   JOB/backup/ (or $AIP_CHECKPOINT_DIR)
-    JOB/tensorboard/ (or $AIP_TENSORBOARD_LOG_DIR)       JOB/metrics.json
-    JOB/config.resolved.yaml          JOB/plots/loss.png
+1. **Task**: the registry names the model's kind; its ``trainer.tasks`` object
+   reads and checks the pipeline output (schema, splits, shards, counts).
+2. **Fit**, one of two:
+   * Keras models: the strategy from ``TF_CONFIG`` (``trainer.distribute``);
+     TF-GNN's ``runner.KerasTrainer`` runs ``fit`` under it with the task's
+     ``DatasetProvider`` (repeated, ``steps_per_epoch`` = one pass over train at
+     the global batch) and our callbacks (``trainer.callbacks``): the task's
+     exact ``valid`` evaluation after every epoch, ``BackupAndRestore`` and the
+     epoch selection that survives a relaunch, TensorBoard, per-epoch hypertune
+     reports.
+   * models that train themselves (``ModelSpec.own_fit``: Bayesian MF's Gibbs
+     sampler): one process, the model module's ``fit``; TensorBoard scalars per step.
+3. **Select**: the best epoch by ``valid`` (``train.monitor``, or the task's
+   default), its weights restored and saved to ``checkpoints/selected``.
+4. **Evaluate** ``valid`` and ``test`` exactly (lead only): test only reports.
+5. **Export** the serving SavedModel (every worker saves: collectives; only the
+   lead's copy is kept) and write the outputs (``trainer.outputs``).
+
+Where a job writes::
+
+    JOB/export/ (or $AIP_MODEL_DIR)   JOB/checkpoints/selected*   JOB/backup/
+    (with $AIP_CHECKPOINT_DIR: $AIP_CHECKPOINT_DIR/kept/selected* and $AIP_CHECKPOINT_DIR/backup/)
+    JOB/tensorboard/ (or $AIP_TENSORBOARD_LOG_DIR)   JOB/metrics.json   JOB/config.resolved.yaml   JOB/plots/
+
+A Vertex AI tuning trial (``CLOUD_ML_TRIAL_ID`` set) writes under ``JOB/trials/<id>/``
+instead, so parallel trials never overwrite each other.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Mapping
 
-import numpy as np
 import tensorflow as tf
+from tensorflow_gnn import runner
 
-from schemas import ratings as F
+from trainer import callbacks as callbacks_lib
 from trainer import config as config_lib
-from trainer import data, distribute, export, metrics, models, plots, ranking
+from trainer import data, distribute, hypertune, models, outputs, tasks
 
-
-class TrainingError(RuntimeError):
-    """Training went wrong in a way the user can act on (e.g. a non-finite loss)."""
+TrainingError = callbacks_lib.TrainingError
 
 
 @dataclasses.dataclass(frozen=True)
 class JobPaths:
-    """Where a job writes; Vertex AI's ``AIP_*`` variables win over ``--job-dir``."""
+    """Where a job writes; Vertex AI's ``AIP_*`` variables win over ``--job-dir``.
+
+    A tuning trial (``CLOUD_ML_TRIAL_ID``) gets its own ``JOB/trials/<id>``. With
+    ``AIP_CHECKPOINT_DIR`` the backup is ``$AIP_CHECKPOINT_DIR/backup`` and the kept
+    weights ``$AIP_CHECKPOINT_DIR/kept``.
+    """
 
     job_dir: str
     export: str
@@ -42,282 +69,328 @@ class JobPaths:
     @classmethod
     def from_env(cls, job_dir: str, environ: Mapping[str, str]) -> "JobPaths":
         job_dir = job_dir.rstrip("/")
+        trial = environ.get("CLOUD_ML_TRIAL_ID")
+        if trial:
+            job_dir = f"{job_dir}/trials/{trial}"
+        # Vertex AI's AIP_CHECKPOINT_DIR is JOB/checkpoints/ itself: the backup and the kept
+        # weights get their own sub-directories there, so their checkpoint index files never meet.
+        aip_checkpoints = (environ.get("AIP_CHECKPOINT_DIR") or "").rstrip("/")
         return cls(
             job_dir=job_dir,
             export=environ.get("AIP_MODEL_DIR") or f"{job_dir}/export",
-            checkpoints=f"{job_dir}/checkpoints",
-            backup=environ.get("AIP_CHECKPOINT_DIR") or f"{job_dir}/backup",
+            checkpoints=f"{aip_checkpoints}/kept" if aip_checkpoints else f"{job_dir}/checkpoints",
+            backup=f"{aip_checkpoints}/backup" if aip_checkpoints else f"{job_dir}/backup",
             tensorboard=environ.get("AIP_TENSORBOARD_LOG_DIR") or f"{job_dir}/tensorboard",
         )
 
 
-class _StopOnNonFiniteLoss(tf.keras.callbacks.Callback):
-    """Turns a NaN/inf loss into one clear error instead of a silently broken model."""
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What one run produced; ``to_json()`` is ``metrics.json`` (the same top level for every model).
 
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingError(
-                f"loss became {float(loss)} in epoch {epoch + 1}; lower train.learning_rate or raise the L2 terms"
-            )
-
-
-class _EpochTimer(tf.keras.callbacks.Callback):
-    """Wall time of every epoch's training steps (validation excluded), for metrics.json."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds: list[float] = []
-        self._started = 0.0
-        self._last_batch_end = 0.0
-        self._supports_tf_logs = True  # no per-batch conversion of logs to NumPy
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._last_batch_end = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(max(self._last_batch_end, self._started) - self._started)
-
-
-def make_optimizer(train: Mapping[str, Any], total_steps: int) -> tf.keras.optimizers.Optimizer:
-    name = train["optimizer"].lower()
-    rate: Any = float(train["learning_rate"])
-    schedule = train["lr_schedule"]
-    if schedule == "cosine":
-        rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, total_steps))
-    elif schedule != "constant":
-        raise config_lib.ConfigError(f"unknown train.lr_schedule {schedule!r}; valid: constant, cosine")
-    if name == "adam":
-        return tf.keras.optimizers.Adam(rate)
-    if name == "adagrad":
-        return tf.keras.optimizers.Adagrad(rate)
-    if name == "sgd":
-        return tf.keras.optimizers.SGD(rate, momentum=0.9)
-    raise config_lib.ConfigError(f"unknown train.optimizer {name!r}; valid: adam, adagrad, sgd")
-
-
-def evaluate_ratings(model: tf.keras.Model, info: data.DataInfo, batch_size: int) -> dict[str, float]:
-    """RMSE and MAE over every eval row (exact, single process)."""
-    keys = (F.USER_INDEX, F.ITEM_INDEX, F.RATING)
-    predict = tf.function(lambda features: model(features, training=False))
-    predictions, targets = [], []
-    for batch in data.local_dataset(info, "eval", batch_size, keys=keys):
-        predictions.append(predict(batch).numpy())
-        targets.append(batch[F.RATING].numpy())
-    if not predictions:
-        return {}
-    predicted, actual = np.concatenate(predictions), np.concatenate(targets)
-    return {"rmse": metrics.rmse(predicted, actual), "mae": metrics.mae(predicted, actual), "num_examples": int(actual.size)}
-
-
-def evaluate_ranking(model, train_items: ranking.TrainItems, info: data.DataInfo, batch_size: int) -> dict[str, float]:
-    """HR@K, NDCG@K, MRR on the pipeline's fixed candidates, plus full-catalogue ranking.
-
-    Sampled protocol: each eval user's held-out positive against its
-    ``negative_item_index`` (ties count against the model). Full ranking: the
-    positive against every train-vocabulary item the user does not have in
-    training (Recall@K, NDCG@K); skipped for catalogues too big to score densely.
+    Attributes:
+      model, task, data: the model name, its task kind and the pipeline output.
+      dataset: the pipeline's split protocol and example counts per split.
+      valid, test: the exact metrics of each split (lead only; ``{}`` elsewhere).
+      history: per epoch (or sampler step): train logs and ``val_<metric>``.
+      selection: how the kept epoch was chosen, and which it is.
+      timings: seconds and examples/s of every stage.
+      config: the resolved config.
+      outputs: the paths this run wrote (only those that exist).
+      cluster: replicas, global batch, steps per epoch, this task's role.
     """
-    candidates = ranking.read_eval_candidates(info, batch_size)
-    if candidates.users.size == 0:
-        return {}
-    score = tf.function(lambda users, items: model.score(users, items))
-    rows_per_batch = max(1, batch_size // candidates.items.shape[1])
-    scores = []
-    for start in range(0, candidates.users.size, rows_per_batch):
-        users = candidates.users[start : start + rows_per_batch]
-        items = candidates.items[start : start + rows_per_batch]
-        flat_users = np.repeat(users, items.shape[1])
-        scores.append(score(tf.constant(flat_users), tf.constant(items.reshape(-1))).numpy().reshape(items.shape))
-    result = metrics.sampled_ranking_metrics(np.concatenate(scores), candidates.valid)
 
-    positives = candidates.items[:, 0]
-    known = (candidates.users < info.num_users) & (positives < info.num_items)
-    if known.any() and int(known.sum()) * info.num_items <= 50_000_000:
-        users, positives = candidates.users[known], positives[known]
-        score_all = tf.function(lambda u: model.score_all_items(u))
-        keys = tf.constant(train_items.keys)
-        full_scores, exclude = [], []
-        rows_per_batch = max(1, 2_000_000 // max(1, info.num_items))
-        all_items = tf.range(info.num_items, dtype=tf.int64)[None, :]
-        for start in range(0, users.size, rows_per_batch):
-            batch_users = tf.constant(users[start : start + rows_per_batch])
-            full_scores.append(score_all(batch_users).numpy())
-            exclude.append(ranking.contains(keys, batch_users[:, None], all_items, info.num_items).numpy())
-        exclude = np.concatenate(exclude)
-        exclude[np.arange(users.size), positives] = False  # a re-rated train item stays the target
-        result.update(metrics.full_ranking_metrics(np.concatenate(full_scores), positives, exclude))
-        result["full_num_users"] = int(users.size)
-    return result
+    model: str
+    task: str
+    data: str
+    dataset: dict[str, Any]
+    valid: dict[str, Any]
+    test: dict[str, Any]
+    history: dict[str, Any]
+    selection: dict[str, Any]
+    timings: dict[str, Any]
+    config: dict[str, Any]
+    outputs: dict[str, Any]
+    cluster: dict[str, Any]
+
+    @property
+    def is_lead(self) -> bool:
+        return bool(self.cluster.get("is_lead", True))
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
-def run(config: Mapping[str, Any], data_dir: str, job_dir: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Trains, evaluates and exports one model.
+@dataclasses.dataclass
+class _Fit:
+    """What a fit hands on to evaluation and export."""
+
+    model: Any
+    history: dict[str, Any]
+    selection: dict[str, Any]
+    timings: dict[str, Any]
+    cluster: dict[str, Any]
+    wrote_tensorboard: bool = True
+
+
+def make_optimizer(train: config_lib.TrainConfig, total_steps: int) -> tf.keras.optimizers.Optimizer:
+    """The optimizer of ``train`` (learning rate constant or cosine-decayed over ``total_steps``)."""
+    rate: Any = float(train.learning_rate)
+    if train.lr_schedule == "cosine":
+        rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, total_steps))
+    if train.optimizer == "adagrad":
+        return tf.keras.optimizers.Adagrad(rate)
+    if train.optimizer == "sgd":
+        return tf.keras.optimizers.SGD(rate, momentum=0.9)
+    return tf.keras.optimizers.Adam(rate)
+
+
+def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
+        environ: Mapping[str, str] | None = None, hypertune_metric: str | None = None) -> RunResult:
+    """Trains, selects on valid, evaluates valid and test, and exports one model.
 
     Args:
       config: a resolved config (``trainer.config.resolve``).
       data_dir: a pipeline output directory.
-      job_dir: where the job writes (see the module docstring).
-      environ: process environment (``TF_CONFIG``, ``AIP_*``); defaults to ``os.environ``.
+      job: the job directory (``--job-dir``), or its resolved ``JobPaths``.
+      environ: process environment (``TF_CONFIG``, ``AIP_*``, ``CLOUD_ML_TRIAL_ID``); default ``os.environ``.
+      hypertune_metric: a valid metric of the task to report to Vertex AI tuning
+        after every epoch and, last, for the chosen epoch.
 
     Returns:
-      The ``metrics.json`` payload.
+      The ``RunResult`` (also written as ``metrics.json`` by the lead).
+
+    Raises:
+      trainer.config.ConfigError: the config does not fit the task (monitor, hypertune metric, workers).
+      trainer.data.DataError: the pipeline output cannot be used, or a shard fails mid-fit.
+      TrainingError: training diverged.
     """
     environ = dict(os.environ if environ is None else environ)
     started = time.time()
-    task = distribute.task_info(environ)
+    cluster = distribute.task_info(environ)
+    paths = job if isinstance(job, JobPaths) else JobPaths.from_env(job, environ)
     spec = models.REGISTRY[config["model"]]
-    model_config = config_lib.model_config(config)
-    train = config["train"]
-    paths = JobPaths.from_env(job_dir, environ)
-    info = data.load_data_info(data_dir, spec.required_features)
-    if task.is_lead:
-        tf.io.gfile.makedirs(paths.job_dir)
-        with tf.io.gfile.GFile(f"{paths.job_dir}/config.resolved.yaml", "w") as handle:
-            handle.write(config_lib.dump(config))
-
-    tf.keras.utils.set_random_seed(int(train["seed"]))
-    if spec.fit is not None:
-        return _run_own_fit(config, spec, model_config, info, data_dir, paths, task, started)
-    strategy = distribute.make_strategy(task)
-    replicas = strategy.num_replicas_in_sync
-    per_replica_batch = int(train["batch_size"])
-    global_batch = per_replica_batch * replicas
-    steps = int(train["steps_per_epoch"] or data.steps_for(info.train_rows, global_batch))
-    is_ranking = spec.kind == "ranking"
-    # Ranking batches hold positives only; the sampler adds fresh negatives to each.
-    train_keys = ranking.TRAIN_KEYS if is_ranking else spec.required_features
-    train_items = ranking.load_train_items(info) if is_ranking else None
-    with strategy.scope():
-        model = spec.build_model(model_config, info, global_batch)
-        model.compile(optimizer=make_optimizer(train, steps * int(train["epochs"])))
-        # Build the variables before fit(): BackupAndRestore needs a built model.
-        model(next(iter(data.local_dataset(info, "train", 2, keys=train_keys))))
-
-    train_ds = data.distributed_dataset(
-        strategy, info, "train", per_replica_batch,
-        shuffle=True, shuffle_buffer=int(train["shuffle_buffer"]), seed=int(train["seed"]), repeat=True,
-        keys=train_keys,
-        batch_map=ranking.make_negative_sampler(train_items, model_config.num_negatives, int(train["seed"]))
-        if is_ranking else None,
-    )
-    validation = {}
-    # Ranking models are validated by the exact protocol after fit (a Keras loss on
-    # eval positives alone would say nothing about ranking).
-    if train["validate_every_epoch"] and info.eval_rows > 0 and not is_ranking:
-        # Repeated with a fixed step count under several workers, whose shards differ in size.
-        validation = {
-            "validation_data": data.distributed_dataset(
-                strategy, info, "eval", int(train["eval_batch_size"]),
-                shuffle=False, shuffle_buffer=0, seed=0, repeat=task.is_distributed, keys=spec.required_features,
-            ),
-            "validation_steps": data.steps_for(info.eval_rows, int(train["eval_batch_size"]) * replicas)
-            if task.is_distributed else None,
-        }
-    epoch_timer = _EpochTimer()
-    callbacks = [
-        epoch_timer,
-        _StopOnNonFiniteLoss(),
-        tf.keras.callbacks.BackupAndRestore(paths.backup),
-        tf.keras.callbacks.TensorBoard(paths.tensorboard, update_freq="epoch", profile_batch=0),
-        tf.keras.callbacks.ModelCheckpoint(f"{paths.checkpoints}/epoch-{{epoch:03d}}", save_weights_only=True),
-    ]
-    logging.info("%s: %d replica(s), global batch %d, %d steps/epoch", task.name, replicas, global_batch, steps)
-    fit_started = time.time()
-    history = model.fit(
-        train_ds, epochs=int(train["epochs"]), steps_per_epoch=steps, callbacks=callbacks,
-        verbose=2 if task.is_lead else 0, **validation,
-    )
-    train_seconds = time.time() - fit_started
-    epochs_run = len(history.history.get("loss", []))
-
-    evaluation, kept, timings = _evaluate_and_export(model, spec, info, paths, task, train_items,
-                                                     int(train["eval_batch_size"]))
-    result = _result(config, spec, data_dir, info, evaluation, history.history, kept, started, train_seconds, {
-        **timings,
-        "train_examples_per_second": round(epochs_run * steps * global_batch / max(train_seconds, 1e-9), 1),
-        "epoch_seconds": [round(x, 3) for x in epoch_timer.seconds],
-        "epoch_examples_per_second": [round(steps * global_batch / max(x, 1e-9), 1) for x in epoch_timer.seconds],
-    }, replicas=replicas, global_batch_size=global_batch, steps_per_epoch=steps)
-    _write_results(result, config, data_dir, paths, task)
-    return result
-
-
-def _evaluate_and_export(model, spec, info: data.DataInfo, paths: JobPaths, task, train_items, eval_batch_size: int):
-    """Exact evaluation (rating or ranking protocol) and the SavedModel: (metrics, kept export dir, timings)."""
-    eval_started = time.time()
-    if not info.eval_rows:
-        evaluation = {}
-    elif spec.kind == "ranking":
-        evaluation = evaluate_ranking(model, train_items, info, eval_batch_size)
-    else:
-        evaluation = evaluate_ratings(model, info, eval_batch_size)
-    eval_seconds = time.time() - eval_started
-    export_started = time.time()
-    if spec.kind == "ranking":
-        kept = export.export_ranking_model(model, info, train_items, paths.export, task.is_lead)
-    else:
-        kept = export.export_rating_model(model, info, paths.export, task.is_lead)
-    return evaluation, kept, {"eval_seconds": round(eval_seconds, 3), "export_seconds": round(time.time() - export_started, 3)}
-
-
-def _result(config, spec, data_dir: str, info: data.DataInfo, evaluation, history: Mapping[str, Any], kept,
-            started: float, train_seconds: float, timings: Mapping[str, Any], **extra) -> dict[str, Any]:
-    """The ``metrics.json`` payload."""
-    return {
-        "model": config["model"],
-        "kind": spec.kind,
-        "data": data_dir,
-        "split": info.summary.get("split"),
-        "eval": evaluation,
-        "history": {k: [float(v) for v in values] for k, values in history.items()},
-        "timings": {"train_seconds": round(train_seconds, 3), **timings,
-                    "total_seconds": round(time.time() - started, 3)},
-        **extra,
-        "export_dir": kept,
-    }
-
-
-def _write_results(result: dict[str, Any], config: Mapping[str, Any], data_dir: str, paths: JobPaths, task,
-                   xlabel: str = "epoch") -> None:
-    if task.is_lead:
-        tf.io.gfile.makedirs(f"{paths.job_dir}/plots")
-        plots.loss_curves(result["history"], f"{paths.job_dir}/plots/loss.png",
-                          f"{config['model']} on {os.path.basename(data_dir.rstrip('/'))}", xlabel)
-        with tf.io.gfile.GFile(f"{paths.job_dir}/metrics.json", "w") as handle:
-            handle.write(json.dumps(result, indent=2) + "\n")
-
-
-def _run_own_fit(config, spec, model_config, info: data.DataInfo, data_dir: str, paths: JobPaths, task,
-                 started: float) -> dict[str, Any]:
-    """A model that trains itself (a Gibbs sampler): same evaluation, export and outputs as fit()."""
-    if task.is_distributed:
+    train = config_lib.train_config(config)
+    if spec.own_fit and cluster.is_distributed:
         raise config_lib.ConfigError(
-            f"model {config['model']} trains by Gibbs sampling in one process; run it without TF_CONFIG workers "
+            f"model {spec.name} trains by Gibbs sampling in one process; run it without TF_CONFIG workers "
             "(--local-workers / Vertex worker pools are for the SGD models)"
         )
-    model = spec.build_model(model_config, info, 1)
-    model(next(iter(data.local_dataset(info, "train", 2, keys=spec.required_features))))  # build the tables
-    sweep_seconds: list[float] = []
-    last = [time.time()]
+    # MultiWorkerMirroredStrategy must exist before any TensorFlow op runs (the task's data checks run some).
+    strategy = None if spec.own_fit else distribute.make_strategy(cluster)
+    task = tasks.task_class(spec.task)(spec=spec, hparams=config_lib.model_config(config), train=train,
+                                       data_dir=data_dir)
+    monitor = task.monitor  # raises ConfigError for a train.monitor the task does not have
+    if hypertune_metric:
+        task.metric(hypertune_metric)
+    if train.refit and not task.supports_refit:
+        raise config_lib.ConfigError(f"train.refit is not supported by {task.kind} models (rating models only)")
+    if train.refit and task.examples("valid") == 0:
+        raise config_lib.ConfigError(f"train.refit needs a valid split, and {task.data_dir} has none "
+                                     "(rerun the pipeline without --no-valid)")
+    if cluster.is_lead:
+        outputs.write_config(paths.job_dir, config)
+    tf.keras.utils.set_random_seed(train.seed)
+    loaded = time.time()
+    try:
+        fit = (_fit_own(task, config, paths, cluster) if spec.own_fit
+               else _fit_keras(task, train, paths, cluster, strategy, environ, hypertune_metric))
+    except tf.errors.DataLossError as error:  # a shard changed after read_dataset checked it
+        raise data.DataError(f"reading {data_dir} failed during training ({str(error).splitlines()[0][:200]}); "
+                             f"rerun {task.pipeline}") from None
+    fit.timings["load_seconds"] = round(loaded - started, 3)
 
-    def on_sweep(sweep: int, values: dict[str, float]) -> None:
+    valid, test = {}, {}
+    if cluster.is_lead:
+        eval_started = time.time()
+        valid = task.evaluate(fit.model, "valid")
+        fit.timings["eval_seconds"] = round(time.time() - eval_started, 3)
+    final = fit.model
+    if train.refit:
+        final = _refit(task, train, paths, cluster, strategy, fit, config)
+    if cluster.is_lead:
+        eval_started = time.time()
+        test = task.evaluate(final, "test")
+        fit.timings["eval_seconds"] += round(time.time() - eval_started, 3)
+    export_started = time.time()
+    export_dir = _export(task, final, paths.export, cluster.is_lead)
+    fit.timings["export_seconds"] = round(time.time() - export_started, 3)
+    if hypertune_metric and cluster.is_lead and hypertune_metric in valid:
+        steps = len(fit.history.get("epoch", [])) * int(fit.cluster.get("steps_per_epoch", 1))
+        hypertune.report(hypertune_metric, float(valid[hypertune_metric]), steps, environ)
+    summary = task.dataset.summary
+    result = RunResult(
+        model=spec.name, task=task.kind, data=task.data_dir,
+        dataset={"dataset": summary.get("dataset"), "split": summary.get("split"),
+                 "examples": {s: task.examples(s) for s in data.SPLITS}},
+        valid=valid, test=test, history=fit.history, selection={**fit.selection, "monitor": monitor.name,
+                                                                "goal": monitor.goal},
+        timings=fit.timings, config=dict(config), outputs={}, cluster=fit.cluster,
+    )
+    if not cluster.is_lead:
+        return result
+    written = outputs.write_run(result, paths, export_dir=export_dir, wrote_tensorboard=fit.wrote_tensorboard,
+                                extra_plots=lambda plots_dir: task.plots(fit.model, plots_dir, result.to_json()),
+                                started=started)
+    return written
+
+
+def _export(task, model, export_dir: str, is_lead: bool) -> str | None:
+    """Every worker saves (saving runs collectives); non-leads into a temporary directory they delete."""
+    target = export_dir if is_lead else tempfile.mkdtemp(prefix="export-worker-")
+    task.export(model, target)
+    if not is_lead:
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+    return target
+
+
+def _fit_keras(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, strategy, environ,
+               hypertune_metric, *, splits: tuple[str, ...] = ("train",), epochs: int | None = None,
+               backup: str | None = None, tensorboard: str | None = None) -> _Fit:
+    """Keras ``fit`` under the strategy, via TF-GNN's ``runner.KerasTrainer``, with selection on valid.
+
+    The refit (``splits`` train + valid, ``epochs`` the chosen count) runs the same loop without
+    valid evaluation, with its own backup and TensorBoard directories; its learning-rate schedule
+    is the selection run's (``train.epochs`` long), stopped at the chosen epoch.
+    """
+    replicas = strategy.num_replicas_in_sync
+    global_batch = train.batch_size * replicas
+    steps = train.steps_per_epoch or data.steps_for(sum(task.examples(s) for s in splits), global_batch)
+    validate = train.validate_every_epoch and task.examples("valid") > 0 and "valid" not in splits
+    epochs = epochs or train.epochs
+    backup, tensorboard = backup or paths.backup, tensorboard or paths.tensorboard
+    timer = callbacks_lib.EpochTimer()
+    valid_eval = callbacks_lib.ValidEvaluation(lambda model: task.evaluate(model, "valid"),
+                                                tuple(m.name for m in task.metrics)) if validate else None
+    monitor = task.monitor
+    selection = callbacks_lib.BestEpoch(f"{backup}/selection", f"val_{monitor.name}" if validate else None,
+                                        monitor.goal, train.patience if validate else None, cluster.is_lead)
+    callbacks: list = [timer, callbacks_lib.StopOnNonFiniteLoss()]
+    if valid_eval is not None:
+        callbacks.append(valid_eval)
+    callbacks += [
+        tf.keras.callbacks.BackupAndRestore(backup),
+        selection,  # after the backup (see BestEpoch)
+        tf.keras.callbacks.TensorBoard(tensorboard, update_freq="epoch", profile_batch=0),
+    ]
+    if hypertune_metric and validate and cluster.is_lead:
+        callbacks.append(callbacks_lib.HypertuneReporter(
+            lambda value, step: hypertune.report(hypertune_metric, value, step, environ), hypertune_metric, steps))
+
+    def model_fn():
+        model = task.build_model(global_batch)
+        task.compile(model, make_optimizer(train, steps * train.epochs))
+        task.warm_up(model)  # variables exist before BackupAndRestore restores into them
+        return model
+
+    # KerasTrainer: fit under the strategy with distributed, repeated inputs. Its own
+    # checkpoints, backup and TensorBoard (weight histograms and embedding projector
+    # checkpoints every epoch: costly for big embedding tables) are off; ours above.
+    trainer = runner.KerasTrainer(
+        strategy, model_dir=tensorboard, steps_per_epoch=steps, checkpoint_every_n_steps="never",
+        backup_and_restore=False, summarize_every_n_steps="never", restore_best_weights=False,
+        callbacks=callbacks, verbose=2 if cluster.is_lead else 0,
+    )
+    logging.info("%s: %d replica(s), global batch %d, %d steps/epoch", cluster.name, replicas, global_batch, steps)
+    fit_started = time.time()
+    model = trainer.train(model_fn, task.train_provider(train.batch_size, splits), epochs=epochs)
+    train_seconds = time.time() - fit_started
+    _save_selected(model, paths.checkpoints, cluster.is_lead, "refit" if "valid" in splits else "selected")
+    history = selection.history()
+    epochs_run = len(history["epoch"])
+    rule = (f"the epoch with the best valid {monitor.name} ({monitor.goal}); its weights kept"
+            + (f"; early stopping after {train.patience} epochs without improvement" if train.patience else "")
+            if validate else "the last epoch (no valid evaluation per epoch)")
+    timings = {
+        "train_seconds": round(train_seconds, 3),
+        "train_examples_per_second": round(len(timer.seconds) * steps * global_batch / max(sum(timer.seconds), 1e-9), 1),
+        "epoch_seconds": [round(x, 3) for x in timer.seconds],
+        "epoch_examples_per_second": [round(steps * global_batch / max(x, 1e-9), 1) for x in timer.seconds],
+        "valid_seconds": [round(x, 3) for x in valid_eval.seconds] if valid_eval else [],
+    }
+    return _Fit(
+        model=model, history=history, timings=timings,
+        selection={"rule": rule, "best_epoch": selection.best_epoch, "epochs_run": epochs_run,
+                   "resumed_after_epoch": selection.resumed_from},
+        cluster={"task": cluster.name, "is_lead": cluster.is_lead, "replicas": replicas,
+                 "global_batch_size": global_batch, "steps_per_epoch": steps},
+    )
+
+
+def _save_selected(model, checkpoints: str, is_lead: bool, name: str = "selected") -> None:
+    """The kept weights as ``checkpoints/selected`` (NeuMF pre-training loads them); non-leads: a temp dir."""
+    target = checkpoints if is_lead else tempfile.mkdtemp(prefix="checkpoints-worker-")
+    tf.io.gfile.makedirs(target)
+    model.save_weights(f"{target}/{name}")
+    if not is_lead:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def _fit_own(task, config: Mapping[str, Any], paths: JobPaths, cluster, splits: tuple[str, ...] = ("train",),
+             tensorboard: str | None = None) -> _Fit:
+    """A model that trains itself (a Gibbs sampler): one process, per-step history and TensorBoard scalars."""
+    model = task.build_model(1)
+    task.warm_up(model)
+    step_seconds: list[float] = []
+    last = [time.time()]
+    writer = tf.summary.create_file_writer(tensorboard or paths.tensorboard)
+
+    def on_step(step: int, values: dict[str, float]) -> None:
         now = time.time()
-        sweep_seconds.append(now - last[0])
+        step_seconds.append(now - last[0])
         last[0] = now
+        with writer.as_default(step=step + 1):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
 
     fit_started = time.time()
-    history = spec.fit(model, model_config, info, on_sweep)
+    history = task.spec.module().fit(model, task.hparams, task.data, on_step, splits=splits)
+    writer.flush()
     train_seconds = time.time() - fit_started
-    evaluation, kept, timings = _evaluate_and_export(model, spec, info, paths, task, None,
-                                                     int(config["train"]["eval_batch_size"]))
-    result = _result(config, spec, data_dir, info, evaluation, history, kept, started, train_seconds, {
-        **timings,
-        "train_examples_per_second": round(len(sweep_seconds) * info.train_rows / max(train_seconds, 1e-9), 1),
-        "sweep_seconds": [round(x, 3) for x in sweep_seconds],
-    }, replicas=1)
-    _write_results(result, config, data_dir, paths, task, xlabel="Gibbs sweep")
-    return result
+    _save_selected(model, paths.checkpoints, True, "refit" if "valid" in splits else "selected")
+    steps = len(step_seconds)
+    history = {"epoch": list(range(1, steps + 1)), **history}
+    return _Fit(
+        model=model, history=history,
+        timings={"train_seconds": round(train_seconds, 3),
+                 "train_examples_per_second": round(steps * sum(task.examples(s) for s in splits)
+                                                    / max(train_seconds, 1e-9), 1),
+                 "step_seconds": [round(x, 3) for x in step_seconds]},
+        selection={"rule": "none: the sampler runs its configured sweeps and averages the kept samples; "
+                           "valid is monitored per sweep, not used to choose",
+                   "best_epoch": steps, "epochs_run": steps, "resumed_after_epoch": 0, "step": "Gibbs sweep"},
+        cluster={"task": cluster.name, "is_lead": True, "replicas": 1, "global_batch_size": None,
+                 "steps_per_epoch": 1},
+    )
+
+
+def _refit(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, strategy, fit: _Fit,
+           config: Mapping[str, Any]):
+    """``train.refit``: a fresh model trained on train + valid for the chosen number of epochs.
+
+    Everything was chosen on valid (hyperparameters before, the epoch in ``fit``); the refit only
+    gives the final model the valid rows too, as a final fit after model selection does. The
+    valid metrics reported stay those of ``fit`` (a model that never saw valid); the refit model
+    is the one exported and tested. ``fit.selection["refit"]`` records what it did, with the
+    test metrics of the selection model beside it for comparison.
+    """
+    tf.keras.utils.set_random_seed(train.seed)
+    before = task.evaluate(fit.model, "test") if cluster.is_lead else {}
+    if task.spec.own_fit:
+        refit = _fit_own(task, config, paths, cluster, splits=("train", "valid"),
+                         tensorboard=f"{paths.tensorboard}/refit")
+    else:
+        refit = _fit_keras(task, train, paths, cluster, strategy, {}, None, splits=("train", "valid"),
+                           epochs=fit.selection["best_epoch"], backup=f"{paths.backup}/refit",
+                           tensorboard=f"{paths.tensorboard}/refit")
+    fit.selection["refit"] = {
+        "rule": "a fresh model on train + valid for the chosen epochs (or the sampler's sweeps); exported and tested",
+        "epochs": refit.selection["epochs_run"],
+        "train_examples": task.examples("train") + task.examples("valid"),
+        "test_of_the_selection_model": before,
+    }
+    fit.history["refit_loss" if "loss" in refit.history else "refit_rmse"] = refit.history.get(
+        "loss", refit.history.get("rmse", []))
+    fit.timings["refit_seconds"] = refit.timings["train_seconds"]
+    return refit.model

@@ -8,8 +8,6 @@ gets the model's defined fallback; the outputs say which ids were known.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import tensorflow as tf
 
@@ -40,24 +38,21 @@ class RatingServer(tf.Module):
         return {"rating": rating, "known_user": users < self.num_users, "known_item": items < self.num_items}
 
 
-def export_rating_model(model, info, export_dir: str, is_lead: bool) -> str:
-    """Writes the SavedModel; non-lead workers write to a temporary directory.
+def _replace(export_dir: str) -> str:
+    """Clears an earlier export at ``export_dir`` (a rerun replaces it) and returns the path."""
+    if tf.io.gfile.exists(export_dir):
+        tf.io.gfile.rmtree(export_dir)
+    return export_dir
 
-    Every worker must call this under MultiWorkerMirroredStrategy (saving runs
-    collectives); only the lead's copy is kept.
 
-    Returns:
-      The export directory that was kept ("" on non-lead workers).
+def export_rating_model(model, info, export_dir: str) -> None:
+    """Writes the rating SavedModel (``serving_default`` = ``score``) to ``export_dir``.
+
+    Under MultiWorkerMirroredStrategy every worker must call this (saving runs
+    collectives); the experiment gives non-lead workers a temporary directory.
     """
     server = RatingServer(model, info.transform_output(), info.num_users, info.num_items)
-    target = export_dir if is_lead else tempfile.mkdtemp(prefix="export-worker-")
-    if is_lead and tf.io.gfile.exists(target):
-        tf.io.gfile.rmtree(target)
-    tf.saved_model.save(server, target, signatures={"serving_default": server.score, "score": server.score})
-    if not is_lead:
-        shutil.rmtree(target, ignore_errors=True)
-        return ""
-    return target
+    tf.saved_model.save(server, _replace(export_dir), signatures={"serving_default": server.score, "score": server.score})
 
 
 class RankingServer(tf.Module):
@@ -131,23 +126,13 @@ class RankingServer(tf.Module):
         }
 
 
-def export_ranking_model(model, info, train_items, export_dir: str, is_lead: bool) -> str:
-    """Writes a ranking SavedModel (``serving_default`` = ``score``, plus ``recommend``).
-
-    Same lead/non-lead contract as ``export_rating_model``.
-    """
+def export_ranking_model(model, info, train_items, export_dir: str) -> None:
+    """Writes a ranking SavedModel (``serving_default`` = ``score``, plus ``recommend``); see ``export_rating_model``."""
     server = RankingServer(model, info.transform_output(), train_items)
-    target = export_dir if is_lead else tempfile.mkdtemp(prefix="export-worker-")
-    if is_lead and tf.io.gfile.exists(target):
-        tf.io.gfile.rmtree(target)
     tf.saved_model.save(
-        server, target,
+        server, _replace(export_dir),
         signatures={"serving_default": server.score, "score": server.score, "recommend": server.recommend},
     )
-    if not is_lead:
-        shutil.rmtree(target, ignore_errors=True)
-        return ""
-    return target
 
 
 def load_for_serving(export_dir: str):

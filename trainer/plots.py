@@ -16,25 +16,38 @@ def _figure():
     return plt
 
 
+SKIPPED_CURVES = ("epoch", "regularization_loss", "total_loss")
+
+
 def loss_curves(history: Mapping[str, Sequence[float]], path: str, title: str, xlabel: str = "epoch",
-                epochs: Sequence[int] | None = None) -> str:
-    """Plots every metric of a Keras history, train and validation side by side.
+                epochs: Sequence[int] | None = None, metrics: Sequence[str] | None = None) -> str:
+    """Plots the training logs and the valid metrics, one panel per quantity.
+
+    A panel shows ``name`` (train) and ``val_name`` (valid) when both exist, or
+    whichever exists (ranking metrics are measured on valid only).
 
     Args:
-      history: ``History.history`` (``loss``, ``val_loss``, ``rmse``, ...).
+      history: per-epoch logs (``loss``, ``rmse``, ``val_rmse``, ...); ``epoch`` is skipped.
       path: output PNG (local or gs://).
       title: figure title.
       xlabel: what one step on the x axis is (``epoch``, or ``Gibbs sweep``).
-      epochs: the x value of each entry (default 1, 2, ...; a resumed run may miss one).
+      epochs: the x value of each entry (default ``history["epoch"]`` or 1, 2, ...).
+      metrics: valid-only panels to show (default: every ``val_*`` entry).
     """
     plt = _figure()
-    names = [k for k in history if not k.startswith("val_") and k not in ("regularization_loss", "total_loss")]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    names = [k for k in history if not k.startswith("val_") and k not in SKIPPED_CURVES]
+    valid_only = [k[4:] for k in history if k.startswith("val_") and k[4:] not in names
+                  and (metrics is None or k[4:] in metrics)]
+    names += valid_only
+    if epochs is None:
+        epochs = history.get("epoch") or range(1, 1 + max((len(v) for v in history.values()), default=0))
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.6), squeeze=False)
     for axis, name in zip(axes[0], names):
-        xs = list(epochs) if epochs is not None else range(1, len(history[name]) + 1)
-        axis.plot(xs, history[name], marker="o", label="train")
+        xs = list(epochs)
+        if name in history:
+            axis.plot(xs[:len(history[name])], history[name], marker="o", label="train")
         if f"val_{name}" in history:
-            axis.plot(xs[:len(history[f"val_{name}"])], history[f"val_{name}"], marker="s", label="eval")
+            axis.plot(xs[:len(history[f"val_{name}"])], history[f"val_{name}"], marker="s", label="valid")
         axis.set_xlabel(xlabel)
         axis.set_title(name)
         axis.grid(alpha=0.3)

@@ -1,6 +1,6 @@
 """Implicit-feedback ranking: the user's train items, fresh training negatives, eval candidates.
 
-Owns three things every ranking model (``kind == "ranking"``) shares:
+Owns three things every ranking model (``trainer.tasks.ranking``) shares:
 
 * ``TrainItems``: each user's train items as one sorted int64 tensor of keys
   ``user * (num_items + 1) + item``. Membership of any (user, item) batch is one
@@ -161,13 +161,13 @@ class EvalCandidates:
     valid: np.ndarray
 
 
-def read_eval_candidates(info, batch_size: int = 8192) -> EvalCandidates:
-    """Reads ``eval/``: each row's positive plus its ``negative_item_index``."""
+def read_eval_candidates(info, split: str, batch_size: int = 8192) -> EvalCandidates:
+    """Reads a held-out split (``valid/`` or ``test/``): each row's positive plus its ``negative_item_index``."""
     from trainer import data
 
     users, rows = [], []
     keys = (F.USER_INDEX, F.ITEM_INDEX, F.NEGATIVE_ITEM_INDEX)
-    for batch in data.local_dataset(info, "eval", batch_size, keys=keys):
+    for batch in data.local_dataset(info, split, batch_size, keys=keys):
         negatives = batch[F.NEGATIVE_ITEM_INDEX]
         negatives = tf.RaggedTensor.from_sparse(negatives) if isinstance(negatives, tf.SparseTensor) else negatives
         positives = batch[F.ITEM_INDEX].numpy()

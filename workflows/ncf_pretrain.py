@@ -27,9 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--neumf-config", default="configs/movielens_neumf_pretrained.yaml")
     parser.add_argument("--set", action="append", default=[], help="override for all three stages")
     args = parser.parse_args(argv)
-    leaderboard.run_board(
-        args.data, args.job_root, [args.gmf_config, args.mlp_config], args.set, pretrained_neumf=[args.neumf_config]
-    )
+    from trainer import config as config_lib
+    from trainer import data
+
+    try:
+        leaderboard.run_board(args.job_root, [(args.gmf_config, args.data), (args.mlp_config, args.data)], args.set,
+                              pretrained_neumf=[(args.neumf_config, args.data)])
+    except (config_lib.ConfigError, data.DataError) as error:
+        print(f"ncf_pretrain: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,40 +1,57 @@
-"""Model registry: an explicit map from config names to model builders.
+"""Model registry: an explicit map from config names to models, their task and hyperparameters.
 
-Each model module exposes a frozen ``Config`` dataclass (its hyperparameters and
-defaults), ``build_model(config, data_info, global_batch_size)`` and the
-transformed features it reads. ``kind`` tells the experiment which evaluation
-protocol and serving signature apply.
+The registry itself imports no TensorFlow: each entry names its hyperparameter
+class (``trainer.hparams``, validated before TensorFlow loads), the kind of
+problem it solves (``task``: the ``trainer.tasks`` entry that owns its inputs,
+evaluation and export) and the module that builds it. ``ModelSpec.module()``
+imports that module when the model is actually built.
+
+A model module exposes ``Config`` (its hparams class) and ``build_model(config,
+data, global_batch_size)``; a model that does not train by Keras ``fit`` (a Gibbs
+sampler) also exposes ``fit(model, config, data, on_step) -> history`` and is
+registered with ``own_fit=True``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import importlib
+from types import ModuleType
 
-from trainer.models import bayesian_mf, bpr, gmf, mf, mlp, neumf
+from trainer import hparams
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
+    """One registered model.
+
+    Attributes:
+      name: the config's ``model`` value.
+      config_class: its hyperparameters (a frozen dataclass in ``trainer.hparams``).
+      task: the ``trainer.tasks`` kind (``rating``, ``ranking``, ``graph_classification``).
+      module_name: the module with ``build_model`` (and ``fit`` when ``own_fit``).
+      own_fit: trains itself (no Keras fit, no optimizer; one process only).
+    """
+
     name: str
     config_class: type
-    build_model: Callable[..., Any]
-    required_features: tuple[str, ...]
-    # "rating": RMSE/MAE on eval, serving signature score(user_id, item_id).
-    # "ranking": implicit feedback; trains on positives + fresh sampled negatives,
-    # evaluates HR/NDCG/MRR on the pipeline's fixed candidates, serves score + recommend.
-    kind: str
-    # None: Keras fit() with the optimizer from the train section. Otherwise the
-    # model's own training, fit(model, config, data_info, on_sweep) -> history
-    # (a sampler has no gradient loop; single process only).
-    fit: Callable[..., Any] | None = None
+    task: str
+    module_name: str
+    own_fit: bool = False
+
+    def module(self) -> ModuleType:
+        """Imports and returns the model's module (TensorFlow is imported here, not at registry import)."""
+        return importlib.import_module(self.module_name)
 
 
 REGISTRY: dict[str, ModelSpec] = {
-    "mf": ModelSpec("mf", mf.Config, mf.build_model, mf.REQUIRED_FEATURES, "rating"),
-    "bayesian_mf": ModelSpec("bayesian_mf", bayesian_mf.Config, bayesian_mf.build_model, bayesian_mf.REQUIRED_FEATURES,
-                             "rating", fit=bayesian_mf.fit),
-    "gmf": ModelSpec("gmf", gmf.Config, gmf.build_model, gmf.REQUIRED_FEATURES, "ranking"),
-    "mlp": ModelSpec("mlp", mlp.Config, mlp.build_model, mlp.REQUIRED_FEATURES, "ranking"),
-    "neumf": ModelSpec("neumf", neumf.Config, neumf.build_model, neumf.REQUIRED_FEATURES, "ranking"),
-    "bpr": ModelSpec("bpr", bpr.Config, bpr.build_model, bpr.REQUIRED_FEATURES, "ranking"),
+    spec.name: spec
+    for spec in (
+        ModelSpec("mf", hparams.MF, "rating", "trainer.models.mf"),
+        ModelSpec("bayesian_mf", hparams.BayesianMF, "rating", "trainer.models.bayesian_mf", own_fit=True),
+        ModelSpec("gmf", hparams.GMF, "ranking", "trainer.models.gmf"),
+        ModelSpec("mlp", hparams.MLP, "ranking", "trainer.models.mlp"),
+        ModelSpec("neumf", hparams.NeuMF, "ranking", "trainer.models.neumf"),
+        ModelSpec("bpr", hparams.BPR, "ranking", "trainer.models.bpr"),
+        ModelSpec("hetero_gnn", hparams.HeteroGNN, "graph_classification", "trainer.models.hetero_gnn"),
+    )
 }

@@ -26,7 +26,6 @@ several workers (see ``trainer.experiment``).
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Callable
 
@@ -34,50 +33,13 @@ import numpy as np
 import tensorflow as tf
 
 from schemas import ratings as F
+from trainer import hparams
 from trainer.models import mf
 
 REQUIRED_FEATURES = mf.REQUIRED_FEATURES
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Hyperparameters of the sampler.
-
-    Attributes:
-      embedding_dim: latent factors K per sample.
-      sweeps: Gibbs sweeps in all (burn-in included).
-      burn_in: sweeps discarded before predictions are averaged.
-      kept_samples: post-burn-in samples kept (evenly spaced) for the exported
-        predictor; its embedding size is ``embedding_dim * kept_samples``.
-      prior_shape, prior_rate: Gamma hyperprior of each dimension's precision
-        and of the noise precision alpha.
-      prior_mean_strength: beta_0, the pseudo-count of the hyper-mean's prior at 0.
-      init_stddev: stddev of the initial factors.
-      chunk_rows: ratings per chunk when accumulating the posterior precisions
-        (bounds memory at ``chunk_rows * (K+1)^2`` floats).
-      seed: sampler seed.
-      log_every: sweeps between progress lines.
-    """
-
-    embedding_dim: int = 6
-    sweeps: int = 300
-    burn_in: int = 50
-    kept_samples: int = 50
-    prior_shape: float = 1.0
-    prior_rate: float = 1.0
-    prior_mean_strength: float = 1.0
-    init_stddev: float = 0.1
-    chunk_rows: int = 2_000_000
-    seed: int = 0
-    log_every: int = 25
-
-    def __post_init__(self):
-        if self.embedding_dim < 1 or self.sweeps < 1 or self.kept_samples < 1:
-            raise ValueError("embedding_dim, sweeps and kept_samples must be >= 1")
-        if not 0 <= self.burn_in < self.sweeps:
-            raise ValueError(f"burn_in must be in [0, sweeps), got {self.burn_in} with sweeps {self.sweeps}")
-        if self.kept_samples > self.sweeps - self.burn_in:
-            raise ValueError(f"kept_samples ({self.kept_samples}) exceeds the post-burn-in sweeps ({self.sweeps - self.burn_in})")
+Config = hparams.BayesianMF  # hyperparameters and defaults: trainer/hparams.py (TF-free)
 
 
 def build_model(config: Config, info, global_batch_size: int) -> mf.MatrixFactorization:
@@ -186,19 +148,26 @@ class _Sampler(tf.Module):
 
 
 def fit(model: mf.MatrixFactorization, config: Config, info,
-        on_sweep: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, list[float]]:
+        on_sweep: Callable[[int, dict[str, float]], None] | None = None,
+        splits: tuple[str, ...] = ("train",)) -> dict[str, list[float]]:
     """Runs the chain and writes the posterior-mean predictor into ``model``.
 
     Returns:
-      Per-sweep ``rmse`` (train) and ``val_rmse`` (eval rows, when there are
-      any) of the predictor as of that sweep: the current sample during burn-in,
+      Per-sweep ``rmse`` (of the rows trained on: ``splits``) and ``val_rmse`` (valid
+      rows, when there are any and they are not trained on) of the predictor as of that sweep: the current sample during burn-in,
       the running posterior mean after. Like Keras' validation curve, val_rmse
       is monitoring only: nothing is chosen with it.
     """
-    users, items, ratings = _load(info, "train")
+    loaded = [_load(info, split) for split in splits]
+    users, items, ratings = (np.concatenate(parts) for parts in zip(*loaded))
+    # Valid rows of a refit may hold ids the train vocabulary lacks (the OOV index): nothing to sample for them.
+    known = (users < info.num_users) & (items < info.num_items)
+    users, items, ratings = users[known], items[known], ratings[known]
     if ratings.size == 0:
         raise ValueError("bayesian_mf: no train rows")
-    eval_users, eval_items, eval_ratings = _load(info, "eval")
+    # valid is monitored per sweep unless it is trained on (train.refit)
+    eval_users, eval_items, eval_ratings = (
+        _load(info, "valid") if "valid" not in splits else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)))
     lo, hi = info.rating_min, info.rating_max
     sampler = _Sampler(config, users, items, ratings, info.num_users, info.num_items, info.rating_mean)
     post = config.sweeps - config.burn_in

@@ -8,22 +8,15 @@ paper's SGD updates.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import tensorflow as tf
 
+from trainer import hparams
 from trainer.models import ranking_base
 from trainer.models.ranking_base import REQUIRED_FEATURES  # noqa: F401  (registry reads it here)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    embedding_dim: int = 128
-    num_negatives: int = 4
-    l2_embedding: float = 0.0  # per-occurrence L2 on p_u, q_i, q_j
-    use_item_bias: bool = True
-    init_stddev: float = 0.01
-    seed: int = 0
+Config = hparams.BPR  # hyperparameters and defaults: trainer/hparams.py (TF-free)
 
 
 class BPR(ranking_base.RankingModel):

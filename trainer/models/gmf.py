@@ -6,21 +6,15 @@ binary cross-entropy on each positive and its fresh sampled negatives.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import tensorflow as tf
 
+from trainer import hparams
 from trainer.models import ranking_base
 from trainer.models.ranking_base import REQUIRED_FEATURES  # noqa: F401  (registry reads it here)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    embedding_dim: int = 16  # "predictive factors" in the paper
-    num_negatives: int = 4  # sampled negatives per positive, drawn afresh each epoch
-    l2_embedding: float = 0.0  # per-occurrence L2 on the embedding rows a batch touches
-    init_stddev: float = 0.01
-    seed: int = 0
+Config = hparams.GMF  # hyperparameters and defaults: trainer/hparams.py (TF-free)
 
 
 class GMFTower(tf.keras.layers.Layer):

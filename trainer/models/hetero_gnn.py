@@ -20,10 +20,9 @@ Owns the architecture only (loss, metrics and the fit loop live in
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
 
 from schemas import lastfm as schema
+from trainer import hparams
 
 USER = schema.NODE_USER
 ARTIST = schema.NODE_ARTIST
@@ -32,57 +31,7 @@ RECEIVER = schema.RECEIVER
 LABEL_HINT = schema.LABEL_HINT
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Hyperparameters of the heterogeneous GNN.
-
-    Attributes:
-      hidden_dim: node state size in every round.
-      embedding_dim: id embedding size.
-      user_hash_buckets: hash buckets for user ids (ids are hashed, not looked up).
-      artist_hash_buckets: hash buckets for artist ids.
-      use_ids: learn id embeddings (False: the only inputs are label hints / structure).
-      use_label_hints: embed ``label_hint`` when the data has it.
-      num_rounds: GraphUpdate rounds.
-      conv: ``simple`` (SimpleConv, mean) or ``gatv2`` (GATv2Conv).
-      num_heads: GATv2 heads (hidden_dim must divide by it).
-      edge_sets: edge sets the model uses (the ablation switch).
-      dropout: dropout on states and messages.
-      l2: L2 regularization of dense kernels and embeddings.
-    """
-
-    hidden_dim: int = 64
-    embedding_dim: int = 32
-    user_hash_buckets: int = 1 << 15
-    artist_hash_buckets: int = 1 << 16
-    use_ids: bool = True
-    use_label_hints: bool = True
-    num_rounds: int = 2
-    conv: str = "simple"
-    num_heads: int = 4
-    edge_sets: tuple[str, ...] = EDGE_SETS
-    dropout: float = 0.2
-    l2: float = 1e-5
-
-    def __post_init__(self):
-        unknown = sorted(set(self.edge_sets) - set(EDGE_SETS))
-        if unknown:
-            raise ValueError(f"unknown edge set(s) {unknown}; valid: {list(EDGE_SETS)}")
-        if self.conv not in ("simple", "gatv2"):
-            raise ValueError(f"conv must be 'simple' or 'gatv2', got {self.conv!r}")
-        if self.conv == "gatv2" and self.hidden_dim % self.num_heads:
-            raise ValueError("hidden_dim must be a multiple of num_heads for gatv2")
-        if self.num_rounds < 1:
-            raise ValueError("num_rounds must be >= 1")
-
-
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """A Config from plain values (YAML lists -> tuples)."""
-    values = dict(values)
-    if "edge_sets" in values:
-        edge_sets = values["edge_sets"]
-        values["edge_sets"] = tuple(edge_sets.split("+") if isinstance(edge_sets, str) else edge_sets)
-    return Config(**values)
+Config = hparams.HeteroGNN  # hyperparameters and defaults: trainer/hparams.py (TF-free)
 
 
 def build_model(config: Config, graph_spec, num_classes: int):

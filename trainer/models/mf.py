@@ -19,22 +19,12 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from schemas import ratings as F
+from trainer import hparams
 
 REQUIRED_FEATURES = (F.USER_INDEX, F.ITEM_INDEX, F.RATING)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    embedding_dim: int = 64
-    l2_embedding: float = 0.05  # per-occurrence L2 on p_u and q_i
-    l2_bias: float = 0.001  # per-occurrence L2 on b_u and b_i
-    init_stddev: float = 0.01
-    clip_predictions: bool = True
-    seed: int = 0
-    # Weighted trace norm (Salakhutdinov & Srebro 2010): each row's total L2 is
-    # proportional to (its train count)^exponent. 1.0 is plain per-occurrence L2;
-    # smaller values regularize frequent users/items relatively less.
-    frequency_exponent: float = 1.0
+Config = hparams.MF  # hyperparameters and defaults: trainer/hparams.py (TF-free)
 
 
 class MatrixFactorization(tfrs.models.Model):

@@ -6,27 +6,15 @@ Trained pointwise with binary cross-entropy on each positive and its negatives.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import tensorflow as tf
 
+from trainer import hparams
 from trainer.models import ranking_base
 from trainer.models.ranking_base import REQUIRED_FEATURES  # noqa: F401  (registry reads it here)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    layers: tuple[int, ...] = (64, 32, 16, 8)  # layers[0] = concatenated embedding width
-    num_negatives: int = 4
-    l2_embedding: float = 0.0
-    init_stddev: float = 0.01
-    seed: int = 0
-
-    def __post_init__(self):
-        layers = tuple(int(x) for x in self.layers)  # YAML gives a list
-        if len(layers) < 2 or layers[0] % 2:
-            raise ValueError(f"mlp layers must be >= 2 sizes with an even first one, got {list(layers)}")
-        object.__setattr__(self, "layers", layers)
+Config = hparams.MLP  # hyperparameters and defaults: trainer/hparams.py (TF-free)
 
 
 class MLPTower(tf.keras.layers.Layer):

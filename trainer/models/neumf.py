@@ -8,31 +8,17 @@ logit layer from ``[alpha * h_gmf, (1 - alpha) * h_mlp]`` (paper eq. 13, alpha 0
 """
 from __future__ import annotations
 
-import dataclasses
 
 import tensorflow as tf
 import yaml
 
+from trainer import config as config_lib
+from trainer import hparams, models
 from trainer.models import gmf, mlp, ranking_base
 from trainer.models.ranking_base import REQUIRED_FEATURES  # noqa: F401  (registry reads it here)
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    embedding_dim: int = 16  # GMF branch factors
-    layers: tuple[int, ...] = (64, 32, 16, 8)  # MLP branch
-    num_negatives: int = 4
-    l2_embedding: float = 0.0
-    init_stddev: float = 0.01
-    seed: int = 0
-    pretrained_gmf_dir: str = ""  # a finished GMF job dir (its checkpoints/ and config.resolved.yaml)
-    pretrained_mlp_dir: str = ""  # a finished MLP job dir
-    alpha: float = 0.5  # weight of the GMF branch in the pre-trained logit layer
-
-    def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        if bool(self.pretrained_gmf_dir) != bool(self.pretrained_mlp_dir):
-            raise ValueError("set both pretrained_gmf_dir and pretrained_mlp_dir, or neither")
+Config = hparams.NeuMF  # hyperparameters and defaults: trainer/hparams.py (TF-free)
 
 
 class NeuMF(ranking_base.PointwiseRankingModel):
@@ -51,20 +37,20 @@ class NeuMF(ranking_base.PointwiseRankingModel):
 
 
 def _load_pretrained(job_dir: str, expected_model: str, info):
-    """Rebuilds a finished GMF/MLP job's model and loads its last checkpoint."""
-    from trainer import config as config_lib
-    from trainer import models
-
+    """Rebuilds a finished GMF/MLP job's model and loads the weights it kept (``checkpoints/selected``)."""
     job_dir = job_dir.rstrip("/")
-    with tf.io.gfile.GFile(f"{job_dir}/config.resolved.yaml") as handle:
+    config_path = f"{job_dir}/config.resolved.yaml"
+    if not tf.io.gfile.exists(config_path):
+        raise config_lib.ConfigError(f"{config_path} is missing: is {job_dir} a finished {expected_model} job?")
+    with tf.io.gfile.GFile(config_path) as handle:
         resolved = yaml.safe_load(handle)
-    if resolved["model"] != expected_model:
-        raise config_lib.ConfigError(f"{job_dir} is a {resolved['model']} job; expected {expected_model}")
-    checkpoint = tf.train.latest_checkpoint(f"{job_dir}/checkpoints")
-    if not checkpoint:
-        raise config_lib.ConfigError(f"no checkpoint in {job_dir}/checkpoints: is the {expected_model} job finished?")
-    spec = models.REGISTRY[expected_model]
-    pretrained = spec.build_model(config_lib.model_config(resolved), info, 1)
+    if resolved.get("model") != expected_model:
+        raise config_lib.ConfigError(f"{job_dir} is a {resolved.get('model')} job; expected {expected_model}")
+    checkpoint = f"{job_dir}/checkpoints/selected"
+    if not tf.io.gfile.exists(checkpoint + ".index"):
+        raise config_lib.ConfigError(f"no {checkpoint}: is the {expected_model} job finished?")
+    module = models.REGISTRY[expected_model].module()
+    pretrained = module.build_model(config_lib.model_config(resolved), info, 1)
     pretrained({"user_index": tf.zeros([1], tf.int64), "item_index": tf.zeros([1], tf.int64)})
     pretrained.load_weights(checkpoint).expect_partial()
     return pretrained
@@ -74,8 +60,6 @@ def build_model(config: Config, info, global_batch_size: int) -> NeuMF:
     model = NeuMF(config, info.num_users, info.num_items, global_batch_size)
     if not config.pretrained_gmf_dir:
         return model
-    from trainer import config as config_lib
-
     gmf_model = _load_pretrained(config.pretrained_gmf_dir, "gmf", info)
     mlp_model = _load_pretrained(config.pretrained_mlp_dir, "mlp", info)
     if gmf_model.config.embedding_dim != config.embedding_dim or tuple(mlp_model.config.layers) != config.layers:

@@ -1,0 +1,236 @@
+"""Hyperparameters of every registered model: one frozen dataclass per model, with defaults.
+
+These live apart from the model code for one reason: ``python -m trainer.task``
+validates a whole config (unknown keys, wrongly typed values) before TensorFlow
+is imported, so a bad flag is answered in well under a second. The model
+modules (``trainer/models/<name>.py``, which import TensorFlow) re-export their
+class as ``Config`` and build from it; the registry (``trainer.models``) names
+which class belongs to which model.
+
+Field types are enforced by ``trainer.config`` (``int`` fields take ``16`` and
+``16.0`` — Vertex AI sends discrete values as doubles — but not ``16.5`` or
+``"abc"``); ``__post_init__`` checks what types cannot say.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class MF:
+    """Biased matrix factorization trained by SGD (``trainer.models.mf``).
+
+    Attributes:
+      embedding_dim: latent factors per user and item.
+      l2_embedding: per-occurrence L2 on p_u and q_i.
+      l2_bias: per-occurrence L2 on b_u and b_i.
+      init_stddev: stddev of the initial factors.
+      clip_predictions: clip predictions to the train rating range outside training.
+      seed: initialisation seed.
+      frequency_exponent: weighted trace norm (Salakhutdinov & Srebro 2010): each
+        row's total L2 is proportional to (its train count)^exponent; 1.0 is plain
+        per-occurrence L2, smaller values regularize frequent users/items less.
+    """
+
+    embedding_dim: int = 64
+    l2_embedding: float = 0.05
+    l2_bias: float = 0.001
+    init_stddev: float = 0.01
+    clip_predictions: bool = True
+    seed: int = 0
+    frequency_exponent: float = 1.0
+
+    def __post_init__(self):
+        if self.embedding_dim < 1:
+            raise ValueError("embedding_dim must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class BayesianMF:
+    """Bayesian MF by Gibbs sampling (``trainer.models.bayesian_mf``).
+
+    Attributes:
+      embedding_dim: latent factors K per sample.
+      sweeps: Gibbs sweeps in all (burn-in included).
+      burn_in: sweeps discarded before predictions are averaged.
+      kept_samples: post-burn-in samples kept (evenly spaced) for the exported
+        predictor; its embedding size is ``embedding_dim * kept_samples``.
+      prior_shape, prior_rate: Gamma hyperprior of each dimension's precision
+        and of the noise precision alpha.
+      prior_mean_strength: beta_0, the pseudo-count of the hyper-mean's prior at 0.
+      init_stddev: stddev of the initial factors.
+      chunk_rows: ratings per chunk when accumulating the posterior precisions
+        (bounds memory at ``chunk_rows * (K+1)^2`` floats).
+      seed: sampler seed.
+      log_every: sweeps between progress lines.
+    """
+
+    embedding_dim: int = 6
+    sweeps: int = 300
+    burn_in: int = 50
+    kept_samples: int = 50
+    prior_shape: float = 1.0
+    prior_rate: float = 1.0
+    prior_mean_strength: float = 1.0
+    init_stddev: float = 0.1
+    chunk_rows: int = 2_000_000
+    seed: int = 0
+    log_every: int = 25
+
+    def __post_init__(self):
+        if self.embedding_dim < 1 or self.sweeps < 1 or self.kept_samples < 1:
+            raise ValueError("embedding_dim, sweeps and kept_samples must be >= 1")
+        if not 0 <= self.burn_in < self.sweeps:
+            raise ValueError(f"burn_in must be in [0, sweeps), got {self.burn_in} with sweeps {self.sweeps}")
+        if self.kept_samples > self.sweeps - self.burn_in:
+            raise ValueError(f"kept_samples ({self.kept_samples}) exceeds the post-burn-in sweeps "
+                             f"({self.sweeps - self.burn_in})")
+
+
+def _check_negatives(config) -> None:
+    if config.num_negatives < 1:
+        raise ValueError("num_negatives must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class GMF:
+    """NCF's generalized matrix factorization (``trainer.models.gmf``).
+
+    Attributes:
+      embedding_dim: "predictive factors" in the paper.
+      num_negatives: sampled negatives per positive, drawn afresh each epoch.
+      l2_embedding: per-occurrence L2 on the embedding rows a batch touches.
+      init_stddev: stddev of the initial embeddings.
+      seed: initialisation seed.
+    """
+
+    embedding_dim: int = 16
+    num_negatives: int = 4
+    l2_embedding: float = 0.0
+    init_stddev: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_negatives(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MLP:
+    """NCF's MLP tower (``trainer.models.mlp``).
+
+    Attributes:
+      layers: tower widths; ``layers[0]`` is the concatenated embedding width.
+      num_negatives, l2_embedding, init_stddev, seed: as for GMF.
+    """
+
+    layers: tuple[int, ...] = (64, 32, 16, 8)
+    num_negatives: int = 4
+    l2_embedding: float = 0.0
+    init_stddev: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_negatives(self)
+        if len(self.layers) < 2 or self.layers[0] % 2:
+            raise ValueError("layers must have at least 2 entries and layers[0] even (half user, half item embedding)")
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuMF:
+    """NCF's NeuMF: GMF + MLP branches (``trainer.models.neumf``).
+
+    Attributes:
+      embedding_dim: GMF branch factors.
+      layers: MLP branch widths.
+      num_negatives, l2_embedding, init_stddev, seed: as for GMF.
+      pretrained_gmf_dir: a finished GMF job dir (its checkpoints/ and config.resolved.yaml).
+      pretrained_mlp_dir: a finished MLP job dir.
+      alpha: weight of the GMF branch in the pre-trained logit layer (paper eq. 13).
+    """
+
+    embedding_dim: int = 16
+    layers: tuple[int, ...] = (64, 32, 16, 8)
+    num_negatives: int = 4
+    l2_embedding: float = 0.0
+    init_stddev: float = 0.01
+    seed: int = 0
+    pretrained_gmf_dir: str = ""
+    pretrained_mlp_dir: str = ""
+    alpha: float = 0.5
+
+    def __post_init__(self):
+        _check_negatives(self)
+        if bool(self.pretrained_gmf_dir) != bool(self.pretrained_mlp_dir):
+            raise ValueError("set both pretrained_gmf_dir and pretrained_mlp_dir, or neither")
+
+
+@dataclasses.dataclass(frozen=True)
+class BPR:
+    """BPR-MF, pairwise ranking (``trainer.models.bpr``).
+
+    Attributes:
+      embedding_dim: latent factors.
+      num_negatives: sampled negatives per positive.
+      l2_embedding: per-occurrence L2 on p_u, q_i, q_j.
+      use_item_bias: learn an item bias.
+      init_stddev, seed: initialisation.
+    """
+
+    embedding_dim: int = 128
+    num_negatives: int = 4
+    l2_embedding: float = 0.0
+    use_item_bias: bool = True
+    init_stddev: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_negatives(self)
+
+
+LASTFM_EDGE_SETS = ("follows", "likes", "liked_by")  # schemas.lastfm.EDGE_SETS (checked in tests)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeteroGNN:
+    """The LastFM heterogeneous GNN (``trainer.models.hetero_gnn``).
+
+    Attributes:
+      hidden_dim: node state size in every round.
+      embedding_dim: id embedding size.
+      user_hash_buckets: hash buckets for user ids (ids are hashed, not looked up).
+      artist_hash_buckets: hash buckets for artist ids.
+      use_ids: learn id embeddings (False: the only inputs are label hints / structure).
+      use_label_hints: embed ``label_hint`` when the data has it.
+      num_rounds: GraphUpdate rounds.
+      conv: ``simple`` (SimpleConv, mean) or ``gatv2`` (GATv2Conv).
+      num_heads: GATv2 heads (hidden_dim must divide by it).
+      edge_sets: edge sets the model uses (the ablation switch); ``a+b`` also works.
+      dropout: dropout on states and messages.
+      l2: L2 regularization of dense kernels and embeddings.
+    """
+
+    hidden_dim: int = 64
+    embedding_dim: int = 32
+    user_hash_buckets: int = 1 << 15
+    artist_hash_buckets: int = 1 << 16
+    use_ids: bool = True
+    use_label_hints: bool = True
+    num_rounds: int = 2
+    conv: str = "simple"
+    num_heads: int = 4
+    edge_sets: tuple[str, ...] = LASTFM_EDGE_SETS
+    dropout: float = 0.2
+    l2: float = 1e-5
+
+    def __post_init__(self):
+        if isinstance(self.edge_sets, str):
+            object.__setattr__(self, "edge_sets", tuple(self.edge_sets.split("+")))
+        unknown = sorted(set(self.edge_sets) - set(LASTFM_EDGE_SETS))
+        if unknown:
+            raise ValueError(f"unknown edge set(s) {unknown}; valid: {list(LASTFM_EDGE_SETS)}")
+        if self.conv not in ("simple", "gatv2"):
+            raise ValueError(f"conv must be 'simple' or 'gatv2', got {self.conv!r}")
+        if self.conv == "gatv2" and self.hidden_dim % self.num_heads:
+            raise ValueError("hidden_dim must be a multiple of num_heads for gatv2")
+        if self.num_rounds < 1:
+            raise ValueError("num_rounds must be >= 1")

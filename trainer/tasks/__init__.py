@@ -1,0 +1,34 @@
+"""One task object per kind of problem (``trainer.tasks.base.Task``), found by the registry's ``ModelSpec.task``.
+
+| kind | module | data (``dataset.json`` schema) | metrics |
+| --- | --- | --- | --- |
+| ``rating`` | ``rating`` | ``ratings`` (movielens pipeline) | rmse, mae |
+| ``ranking`` | ``ranking`` | ``ratings`` with held-out positives + sampled negatives | hr@K, ndcg@K, mrr |
+| ``graph_classification`` | ``graph_classification`` | ``lastfm`` (sampled subgraphs) | accuracy, macro_f1 |
+
+The table is resolved lazily: importing this package imports no TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+
+TASKS = {
+    "rating": "trainer.tasks.rating:RatingTask",
+    "ranking": "trainer.tasks.ranking:RankingTask",
+    "graph_classification": "trainer.tasks.graph_classification:GraphClassificationTask",
+}
+
+
+def task_class(kind: str):
+    """The ``Task`` subclass of a registry ``task`` kind (imports its module)."""
+    module, _, name = TASKS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# The metric names each kind may report (what tuning, sweeps and the leaderboard accept),
+# without importing the task modules (TensorFlow): checked against the classes in tests.
+METRICS = {
+    "rating": {"rmse": "min", "mae": "min"},
+    "ranking": {f"{m}@{k}": "max" for m in ("hr", "hit", "ndcg") for k in (1, 5, 10)} | {"mrr": "max"},
+    "graph_classification": {"accuracy": "max", "macro_f1": "max"},
+}

@@ -83,8 +83,9 @@ usage: ./run-cloud.sh local [--work DIR] [--config YAML] [--fold u1..u5] [--set 
 Creates .venv if needed, fetches ML-100K (official URL, or the mirror in
 $MOVIELENS_MIRROR / ../shared/data when present), runs
 beam_pipelines.movielens on the canonical FOLD.base/FOLD.test split with the
-DirectRunner, trains MF with trainer.task, and prints the metrics and where
-the outputs are.
+DirectRunner (valid: a seeded 10% of FOLD.base), trains (Bayesian) MF with
+trainer.task (chosen on valid, refit on FOLD.base, FOLD.test only reports), and
+prints the metrics and where the outputs are.
 
   --work DIR     where datasets, pipeline output and the job go (default runs/local)
   --config YAML  trainer config (default configs/movielens_bayesian_mf.yaml;
@@ -112,17 +113,13 @@ EOF
   local data="$work/data/ml-100k-$fold" job="$work/jobs/mf-ml-100k-$fold"
   log "pipeline: $dataset_dir/$fold.base + $fold.test -> $data"
   "$PYTHON" -m beam_pipelines.movielens --input "$dataset_dir/$fold.base" \
-    --eval-input "$dataset_dir/$fold.test" --split given --output "$data"
-  log "training: $config -> $job"
+    --test-input "$dataset_dir/$fold.test" --split given --output "$data"
+  log "training: $config -> $job (the trainer prints the metrics and every output it wrote)"
   "$PYTHON" -m trainer.task --config "$config" --data "$data" --job-dir "$job" ${sets[@]+"${sets[@]}"}
   log "done in $((SECONDS - started)) s"
   cat <<EOF
-pipeline output : $data  (dataset.json, train/, eval/, rejected/, transform_fn/)
+pipeline output : $data  (dataset.json, train/, valid/, test/, rejected/, transform_fn/)
 job             : $job
-  metrics       : $job/metrics.json
-  SavedModel    : $job/export  (signature serving_default: user_id, item_id -> rating)
-  plots         : $job/plots/loss.png
-  TensorBoard   : $job/tensorboard
 EOF
 }
 
@@ -171,7 +168,7 @@ Output: gs://BUCKET/data/DATASET/NAME (NAME defaults to a timestamp). Once the
 pipeline succeeded, that path is written to gs://BUCKET/data/DATASET/LATEST,
 which train and tune read when they get no --data (the dry run prints both).
 Flags after -- go to the pipeline unchanged (e.g. -- --split random
---eval-fraction 0.1 --num-shards 16; lastfm takes its inputs there:
+--test-fraction 0.1 --num-shards 16; lastfm takes its inputs there:
 -- --edges gs://... --targets gs://... --features gs://...).
 
   --input GCS_PATH   the movielens ratings file or glob

@@ -329,3 +329,38 @@ def test_refit_is_refused_where_it_cannot_work(tiny, tmp_path):
     result = _run_cli("--config", "configs/movielens_gmf.yaml", "--data", str(tiny["data"]),
                       "--job-dir", str(tmp_path / "j"), "--set", "train.refit=true")
     _assert_one_line_error(result, "train.refit is not supported by ranking models")
+
+
+class _RecordingTracker:
+    """A real in-process tracker (the interface of trainer.tracking.Tracker) that keeps what it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, *, config, run_name, tags):
+        self.calls.append(("start", run_name, dict(tags)))
+
+    def log_metrics(self, values, step):
+        self.calls.append(("metrics", step, dict(values)))
+
+    def finish(self, result):
+        self.calls.append(("finish", result.test, result.outputs))
+
+
+def test_tracker_gets_params_every_epoch_and_the_outputs(tiny, tmp_path):
+    from tests.conftest import run_experiment
+
+    tracker = _RecordingTracker()
+    result = run_experiment("movielens_mf.yaml", tiny["data"], tmp_path / "job", "train.epochs=3",
+                            "train.refit=false", environ={}, tracker=tracker)
+    kinds = [c[0] for c in tracker.calls]
+    assert kinds == ["start", "metrics", "metrics", "metrics", "finish"]
+    assert tracker.calls[0][2]["model"] == "mf"
+    assert [c[1] for c in tracker.calls[1:4]] == [1, 2, 3] and "val_rmse" in tracker.calls[1][2]
+    assert tracker.calls[-1][1] == result.test and "metrics" in tracker.calls[-1][2]
+
+
+def test_unknown_tracker_is_one_line(tmp_path):
+    result = _run_cli("--config", "configs/movielens_mf.yaml", "--data", str(tmp_path), "--job-dir",
+                      str(tmp_path / "j"), "--track", "wandb")
+    _assert_one_line_error(result, "--track 'wandb': unknown tracker; known: none")

@@ -15,6 +15,7 @@ In the order the experiment lists them:
   weights restored, whose state survives a relaunch (must come after the backup).
 * ``HypertuneReporter``: the monitored valid metric after every epoch to Vertex
   AI hyperparameter tuning (cloudml-hypertune file), lead worker only.
+* ``TrackerReporter``: every epoch's logs to an experiment tracker (``trainer.tracking``).
 """
 from __future__ import annotations
 
@@ -199,3 +200,14 @@ class HypertuneReporter(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs and self._key in logs:
             self._report(float(logs[self._key]), (epoch + 1) * self._steps)
+
+
+class TrackerReporter(tf.keras.callbacks.Callback):
+    """Hands every epoch's logs to a ``trainer.tracking.Tracker`` (lead worker only)."""
+
+    def __init__(self, tracker):
+        super().__init__()
+        self._tracker = tracker
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._tracker.log_metrics({k: float(v) for k, v in (logs or {}).items()}, epoch + 1)

@@ -46,7 +46,7 @@ from tensorflow_gnn import runner
 
 from trainer import callbacks as callbacks_lib
 from trainer import config as config_lib
-from trainer import data, distribute, hypertune, models, outputs, tasks
+from trainer import data, distribute, hypertune, models, outputs, tasks, tracking
 
 TrainingError = callbacks_lib.TrainingError
 
@@ -146,7 +146,8 @@ def make_optimizer(train: config_lib.TrainConfig, total_steps: int) -> tf.keras.
 
 
 def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
-        environ: Mapping[str, str] | None = None, hypertune_metric: str | None = None) -> RunResult:
+        environ: Mapping[str, str] | None = None, hypertune_metric: str | None = None,
+        tracker: tracking.Tracker | None = None) -> RunResult:
     """Trains, selects on valid, evaluates valid and test, and exports one model.
 
     Args:
@@ -156,6 +157,7 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
       environ: process environment (``TF_CONFIG``, ``AIP_*``, ``CLOUD_ML_TRIAL_ID``); default ``os.environ``.
       hypertune_metric: a valid metric of the task to report to Vertex AI tuning
         after every epoch and, last, for the chosen epoch.
+      tracker: an experiment tracker (``trainer.tracking``) the lead reports to.
 
     Returns:
       The ``RunResult`` (also written as ``metrics.json`` by the lead).
@@ -188,13 +190,17 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
     if train.refit and task.examples("valid") == 0:
         raise config_lib.ConfigError(f"train.refit needs a valid split, and {task.data_dir} has none "
                                      "(rerun the pipeline without --no-valid)")
+    tracker = tracker if (tracker is not None and cluster.is_lead) else tracking.Tracker()
     if cluster.is_lead:
         outputs.write_config(paths.job_dir, config)
+        tracker.start(config=config, run_name=os.path.basename(paths.job_dir),
+                      tags={"model": spec.name, "task": task.kind, "data": task.data_dir,
+                            "trial": environ.get("CLOUD_ML_TRIAL_ID", "")})
     tf.keras.utils.set_random_seed(train.seed)
     loaded = time.time()
     try:
-        fit = (_fit_own(task, config, paths, cluster) if spec.own_fit
-               else _fit_keras(task, train, paths, cluster, strategy, environ, hypertune_metric))
+        fit = (_fit_own(task, config, paths, cluster, tracker=tracker) if spec.own_fit
+               else _fit_keras(task, train, paths, cluster, strategy, environ, hypertune_metric, tracker=tracker))
     except tf.errors.DataLossError as error:  # a shard changed after read_dataset checked it
         raise data.DataError(f"reading {data_dir} failed during training ({str(error).splitlines()[0][:200]}); "
                              f"rerun {task.pipeline}") from None
@@ -232,6 +238,7 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
     written = outputs.write_run(result, paths, export_dir=export_dir, wrote_tensorboard=fit.wrote_tensorboard,
                                 extra_plots=lambda plots_dir: task.plots(fit.model, plots_dir, result.to_json()),
                                 started=started)
+    tracker.finish(written)
     return written
 
 
@@ -247,7 +254,8 @@ def _export(task, model, export_dir: str, is_lead: bool) -> str | None:
 
 def _fit_keras(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, strategy, environ,
                hypertune_metric, *, splits: tuple[str, ...] = ("train",), epochs: int | None = None,
-               backup: str | None = None, tensorboard: str | None = None) -> _Fit:
+               backup: str | None = None, tensorboard: str | None = None,
+               tracker: tracking.Tracker | None = None) -> _Fit:
     """Keras ``fit`` under the strategy, via TF-GNN's ``runner.KerasTrainer``, with selection on valid.
 
     The refit (``splits`` train + valid, ``epochs`` the chosen count) runs the same loop without
@@ -274,6 +282,8 @@ def _fit_keras(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, st
         selection,  # after the backup (see BestEpoch)
         tf.keras.callbacks.TensorBoard(tensorboard, update_freq="epoch", profile_batch=0),
     ]
+    if tracker is not None and cluster.is_lead:
+        callbacks.append(callbacks_lib.TrackerReporter(tracker))
     if hypertune_metric and validate and cluster.is_lead:
         callbacks.append(callbacks_lib.HypertuneReporter(
             lambda value, step: hypertune.report(hypertune_metric, value, step, environ), hypertune_metric, steps))
@@ -328,7 +338,7 @@ def _save_selected(model, checkpoints: str, is_lead: bool, name: str = "selected
 
 
 def _fit_own(task, config: Mapping[str, Any], paths: JobPaths, cluster, splits: tuple[str, ...] = ("train",),
-             tensorboard: str | None = None) -> _Fit:
+             tensorboard: str | None = None, tracker: tracking.Tracker | None = None) -> _Fit:
     """A model that trains itself (a Gibbs sampler): one process, per-step history and TensorBoard scalars."""
     model = task.build_model(1)
     task.warm_up(model)
@@ -343,6 +353,8 @@ def _fit_own(task, config: Mapping[str, Any], paths: JobPaths, cluster, splits: 
         with writer.as_default(step=step + 1):
             for name, value in values.items():
                 tf.summary.scalar(name, value)
+        if tracker is not None:
+            tracker.log_metrics(values, step + 1)
 
     fit_started = time.time()
     history = task.spec.module().fit(model, task.hparams, task.data, on_step, splits=splits)

@@ -47,6 +47,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--local-workers", type=int, default=0, metavar="N",
         help="run N local processes (1 chief + N-1 workers on 127.0.0.1) via trainer.launch_local; needs >= N shards",
     )
+    parser.add_argument("--track", default=None, metavar="NAME",
+                        help="also log the run to an experiment tracker (trainer.tracking: e.g. mlflow, vertex)")
     parser.add_argument(
         "--hypertune-metric", default=None, metavar="NAME",
         help="report valid metric NAME (e.g. rmse) for Vertex AI tuning; default $CLOUD_ML_HP_METRIC_TAG when set",
@@ -88,8 +90,9 @@ def validate(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
     Raises:
       config_lib.ConfigError: a bad config, override or metric name.
     """
-    from trainer import models, tasks
+    from trainer import models, tasks, tracking
 
+    tracking.check_name(args.track)
     config = config_lib.resolve(args.config, args.set)
     kind = models.REGISTRY[config["model"]].task
     names = tasks.METRICS[kind]
@@ -162,11 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw = list(sys.argv[1:] if argv is None else argv)
         return launch_local.launch(_strip_local_workers(raw), args.local_workers)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from trainer import data, experiment
+    from trainer import data, experiment, tracking
 
     try:
+        tracker = tracking.make_tracker(args.track)
         result = experiment.run(config=config, data_dir=args.data, job=args.job_dir,
-                                hypertune_metric=hypertune_metric)
+                                hypertune_metric=hypertune_metric, tracker=tracker)
     except (config_lib.ConfigError, data.DataError, experiment.TrainingError) as error:
         print(f"trainer: error: {error}", file=sys.stderr)
         return 2

@@ -234,3 +234,71 @@ class HeteroGNN:
             raise ValueError("hidden_dim must be a multiple of num_heads for gatv2")
         if self.num_rounds < 1:
             raise ValueError("num_rounds must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaylistBPR:
+    """The users' current playlist ranker: id-only BPR (``trainer.models.playlist_bpr``).
+
+    ``s(u, p) = e_u . e_p`` (no bias), the pairwise loss ``-log sigmoid(s(u, p) - s(u, n))``
+    with ``num_negatives`` fresh negatives per positive. A playlist with no train
+    interaction keeps the embedding that negative sampling gave it.
+
+    Attributes:
+      embedding_dim: user and playlist embedding size.
+      num_negatives: sampled negatives per positive.
+      l2_embedding: per-occurrence L2 on the embedding rows a batch touches.
+      init_stddev, seed: initialisation.
+    """
+
+    embedding_dim: int = 128
+    num_negatives: int = 4
+    l2_embedding: float = 0.0
+    init_stddev: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_negatives(self)
+        if self.embedding_dim < 1:
+            raise ValueError("embedding_dim must be >= 1")
+
+
+PLAYLIST_POOLINGS = ("mean", "sqrt")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaylistTracksBPR:
+    """BPR whose playlist vector is built from its tracks (``trainer.models.playlist_tracks_bpr``).
+
+    Playlist vector: the pooled embeddings of its tracks (``playlist_tracks/``,
+    known for every playlist, held-out ones included), plus a playlist id
+    embedding when ``use_playlist_ids``. User vector: a user id embedding, plus
+    the pooled embeddings of the tracks of the user's train collection when
+    ``use_user_tracks`` (the same track table as the playlists). Score: the dot
+    product; loss and negatives as ``PlaylistBPR``.
+
+    Attributes:
+      embedding_dim: size of every embedding.
+      num_negatives: sampled negatives per positive.
+      use_playlist_ids: add a playlist id embedding to the track pool.
+      use_user_tracks: add the user's pooled liked tracks to the user id embedding.
+      pooling: ``mean`` (sum / n) or ``sqrt`` (sum / sqrt(n)) over a playlist's or user's tracks.
+      l2_embedding: per-occurrence L2 on the id embedding rows and pooled vectors a batch touches.
+      init_stddev, seed: initialisation.
+    """
+
+    embedding_dim: int = 128
+    num_negatives: int = 4
+    use_playlist_ids: bool = False
+    use_user_tracks: bool = True
+    pooling: str = "mean"
+    l2_embedding: float = 0.0
+    init_stddev: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        _check_negatives(self)
+        if self.embedding_dim < 1:
+            raise ValueError("embedding_dim must be >= 1")
+        if self.pooling not in PLAYLIST_POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(PLAYLIST_POOLINGS)}, got {self.pooling!r}")

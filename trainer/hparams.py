@@ -93,18 +93,16 @@ def _check_negatives(config) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class GMF:
-    """NCF's generalized matrix factorization (``trainer.models.gmf``).
+class _ImplicitRanking:
+    """What every implicit-feedback ranking model shares.
 
     Attributes:
-      embedding_dim: "predictive factors" in the paper.
-      num_negatives: sampled negatives per positive, drawn afresh each epoch.
+      num_negatives: sampled negatives per positive, drawn afresh each batch.
       l2_embedding: per-occurrence L2 on the embedding rows a batch touches.
       init_stddev: stddev of the initial embeddings.
       seed: initialisation seed.
     """
 
-    embedding_dim: int = 16
     num_negatives: int = 4
     l2_embedding: float = 0.0
     init_stddev: float = 0.01
@@ -115,34 +113,39 @@ class GMF:
 
 
 @dataclasses.dataclass(frozen=True)
-class MLP:
+class GMF(_ImplicitRanking):
+    """NCF's generalized matrix factorization (``trainer.models.gmf``).
+
+    Attributes:
+      embedding_dim: "predictive factors" in the paper.
+    """
+
+    embedding_dim: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class MLP(_ImplicitRanking):
     """NCF's MLP tower (``trainer.models.mlp``).
 
     Attributes:
       layers: tower widths; ``layers[0]`` is the concatenated embedding width.
-      num_negatives, l2_embedding, init_stddev, seed: as for GMF.
     """
 
     layers: tuple[int, ...] = (64, 32, 16, 8)
-    num_negatives: int = 4
-    l2_embedding: float = 0.0
-    init_stddev: float = 0.01
-    seed: int = 0
 
     def __post_init__(self):
-        _check_negatives(self)
+        super().__post_init__()
         if len(self.layers) < 2 or self.layers[0] % 2:
             raise ValueError("layers must have at least 2 entries and layers[0] even (half user, half item embedding)")
 
 
 @dataclasses.dataclass(frozen=True)
-class NeuMF:
+class NeuMF(_ImplicitRanking):
     """NCF's NeuMF: GMF + MLP branches (``trainer.models.neumf``).
 
     Attributes:
       embedding_dim: GMF branch factors.
       layers: MLP branch widths.
-      num_negatives, l2_embedding, init_stddev, seed: as for GMF.
       pretrained_gmf_dir: a finished GMF job dir (its checkpoints/ and config.resolved.yaml).
       pretrained_mlp_dir: a finished MLP job dir.
       alpha: weight of the GMF branch in the pre-trained logit layer (paper eq. 13).
@@ -150,41 +153,27 @@ class NeuMF:
 
     embedding_dim: int = 16
     layers: tuple[int, ...] = (64, 32, 16, 8)
-    num_negatives: int = 4
-    l2_embedding: float = 0.0
-    init_stddev: float = 0.01
-    seed: int = 0
     pretrained_gmf_dir: str = ""
     pretrained_mlp_dir: str = ""
     alpha: float = 0.5
 
     def __post_init__(self):
-        _check_negatives(self)
+        super().__post_init__()
         if bool(self.pretrained_gmf_dir) != bool(self.pretrained_mlp_dir):
             raise ValueError("set both pretrained_gmf_dir and pretrained_mlp_dir, or neither")
 
 
 @dataclasses.dataclass(frozen=True)
-class BPR:
+class BPR(_ImplicitRanking):
     """BPR-MF, pairwise ranking (``trainer.models.bpr``).
 
     Attributes:
       embedding_dim: latent factors.
-      num_negatives: sampled negatives per positive.
-      l2_embedding: per-occurrence L2 on p_u, q_i, q_j.
       use_item_bias: learn an item bias.
-      init_stddev, seed: initialisation.
     """
 
     embedding_dim: int = 128
-    num_negatives: int = 4
-    l2_embedding: float = 0.0
     use_item_bias: bool = True
-    init_stddev: float = 0.01
-    seed: int = 0
-
-    def __post_init__(self):
-        _check_negatives(self)
 
 
 LASTFM_EDGE_SETS = ("follows", "likes", "liked_by")  # schemas.lastfm.EDGE_SETS (checked in tests)

@@ -698,6 +698,12 @@ def preprocessing_fn(inputs: dict[str, Any]) -> dict[str, Any]:
     rating = inputs[F.RATING]
     item_vocab = tft.vocabulary(inputs[F.ITEM_ID], vocab_filename=F.ITEM_VOCAB)
     ones = tf.ones_like(rating)
+    # The mean from a float64 sum and a count, not tft.mean: tft.mean combines float32
+    # partial means in whatever order the runner's bundles come, so its last bits (and
+    # with them every shard's bytes) differed between DirectRunner modes. A float64 sum
+    # of MovieLens ratings (multiples of 0.5) is exact in any order.
+    rating64 = tf.cast(rating, tf.float64)
+    mean = tf.cast(tft.sum(rating64) / tf.cast(tft.size(rating64), tf.float64), tf.float32)
     return {
         F.USER_INDEX: tft.compute_and_apply_vocabulary(
             inputs[F.USER_ID], vocab_filename=F.USER_VOCAB, num_oov_buckets=1
@@ -706,7 +712,7 @@ def preprocessing_fn(inputs: dict[str, Any]) -> dict[str, Any]:
         F.NEGATIVE_ITEM_INDEX: tft.apply_vocabulary(inputs[F.NEGATIVE_ITEM_IDS], item_vocab, num_oov_buckets=1),
         F.RATING: rating,
         F.TIMESTAMP: inputs[F.TIMESTAMP],
-        F.RATING_MEAN: ones * tft.mean(rating),
+        F.RATING_MEAN: ones * mean,
         F.RATING_MIN: ones * tft.min(rating),
         F.RATING_MAX: ones * tft.max(rating),
     }

@@ -43,7 +43,8 @@ def tiny(tmp_path_factory):
     for u, i, _, t in rows:
         if i not in held_out[u]:
             train.setdefault(str(u), set()).add(str(i))
-    return {"root": root, "data": data, "train": train}
+    valid = {str(u): str(sorted(ts)[-2][1]) for u, ts in by_user.items()}
+    return {"root": root, "data": data, "train": train, "valid": valid}
 
 
 def _run(config_name, data, job, *overrides):
@@ -207,3 +208,16 @@ def test_leaderboard_entry_overrides_split_only_before_keys():
         "c.yaml", ["hparams.layers=[8,4]", "train.epochs=3"]
     )
     assert leaderboard.parse_entry("c.yaml") == ("c.yaml", [])
+
+
+def test_refit_adds_the_valid_positives_to_what_each_user_has(tiny, tmp_path):
+    result = _run("bpr", tiny["data"], tmp_path / "job", "train.epochs=3", "train.refit=true")
+    refit = result.selection["refit"]
+    assert refit["epochs"] == result.selection["best_epoch"] and refit["train_examples"] == 40 * 9
+    import tensorflow as tf
+
+    recommend = tf.saved_model.load(str(tmp_path / "job" / "export")).signatures["recommend"]
+    users = sorted(tiny["train"], key=int)
+    out = recommend(user_id=tf.constant(users), k=tf.constant(9)).get("item_id").numpy().astype(str)
+    for user, recommended in zip(users, out):  # neither a train item nor the valid positive is recommended
+        assert not (tiny["train"][user] | {tiny["valid"][user]}) & set(recommended)

@@ -326,9 +326,15 @@ def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(tiny, tmp_path):
 
 
 def test_refit_is_refused_where_it_cannot_work(tiny, tmp_path):
-    result = _run_cli("--config", "configs/movielens_gmf.yaml", "--data", str(tiny["data"]),
+    result = _run_cli("--config", "configs/movielens_mf.yaml", "--data", str(tiny["data"] / "nonexistent"),
                       "--job-dir", str(tmp_path / "j"), "--set", "train.refit=true")
-    _assert_one_line_error(result, "train.refit is not supported by ranking models")
+    _assert_one_line_error(result, "does not exist")
+    no_valid = tmp_path / "no_valid"
+    movielens.run(["--input", str(tiny["root"] / "base.tsv"), "--test-input", str(tiny["root"] / "test.tsv"),
+                   "--split", "given", "--output", str(no_valid), "--num-shards", "1", "--no-valid"])
+    result = _run_cli("--config", "configs/movielens_mf.yaml", "--data", str(no_valid),
+                      "--job-dir", str(tmp_path / "j"), "--set", "train.refit=true")
+    _assert_one_line_error(result, "train.refit needs a valid split")
 
 
 class _RecordingTracker:

@@ -60,8 +60,8 @@ class TrainConfig:
       monitor: the valid metric that chooses the epoch (None: the task's default,
         e.g. ``rmse`` for ratings, ``ndcg@10`` for ranking, ``accuracy`` for graphs).
       refit: after choosing on valid, train a fresh model on train + valid for the
-        chosen number of epochs and export and test that one (rating models; the
-        reported valid metrics stay the selection model's).
+        chosen number of epochs and export and test that one (rating and ranking
+        models; the reported valid metrics stay the selection model's).
     """
 
     epochs: int = 10

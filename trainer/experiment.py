@@ -186,7 +186,8 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
     if hypertune_metric:
         task.metric(hypertune_metric)
     if train.refit and not task.supports_refit:
-        raise config_lib.ConfigError(f"train.refit is not supported by {task.kind} models (rating models only)")
+        raise config_lib.ConfigError(f"train.refit is not supported by {task.kind} models "
+                                     "(rating and ranking models only)")
     if train.refit and task.examples("valid") == 0:
         raise config_lib.ConfigError(f"train.refit needs a valid split, and {task.data_dir} has none "
                                      "(rerun the pipeline without --no-valid)")

@@ -68,14 +68,19 @@ class TrainItems:
         return np.argsort(-self.item_counts, kind="stable")
 
 
-def load_train_items(info) -> TrainItems:
-    """One pass over ``train/`` (user and item indices only)."""
+def load_train_items(info, splits: tuple[str, ...] = ("train",)) -> TrainItems:
+    """One pass over the splits a model trains on (user and item indices only).
+
+    ``("train", "valid")`` for a refit: the valid positives then are the user's
+    items too (never sampled as negatives, never recommended, masked in full ranking).
+    """
     from trainer import data
 
     users, items = [], []
-    for batch in data.local_dataset(info, "train", 65536, keys=TRAIN_KEYS):
-        users.append(batch[F.USER_INDEX].numpy())
-        items.append(batch[F.ITEM_INDEX].numpy())
+    for split in splits:
+        for batch in data.local_dataset(info, split, 65536, keys=TRAIN_KEYS):
+            users.append(batch[F.USER_INDEX].numpy())
+            items.append(batch[F.ITEM_INDEX].numpy())
     return TrainItems.from_pairs(np.concatenate(users), np.concatenate(items), info.num_users, info.num_items)
 
 

@@ -33,6 +33,7 @@ class RankingTask(Task):
     """Sampled and full ranking metrics on the movielens pipeline's leave-one-out (or NCF) output."""
 
     kind = "ranking"
+    supports_refit = True
     schema = "ratings"
     pipeline = data.PIPELINES["ratings"]
     metrics = tuple(Metric(f"{m}@{k}", "max") for m in ("hr", "hit", "ndcg") for k in (1, 5, 10)) + (Metric("mrr", "max"),)
@@ -43,6 +44,8 @@ class RankingTask(Task):
         self._module = self.spec.module()
         self.info = data.load_data_info(self.data_dir, self._module.REQUIRED_FEATURES, model=self.spec.name)
         self.dataset = data.Dataset(self.info.data_dir, self.info.summary)
+        # The items each user has in what the model trains on: train, or train + valid after a refit
+        # (sampling, full-ranking masks and recommend all exclude them).
         self.train_items = ranking.load_train_items(self.info)
         self._candidates: dict[str, ranking.EvalCandidates] = {}
 
@@ -51,9 +54,11 @@ class RankingTask(Task):
         return self.info
 
     def train_provider(self, per_replica_batch: int, splits: tuple[str, ...] = ("train",)) -> data.ShardedBatches:
+        if tuple(splits) != ("train",):
+            self.train_items = ranking.load_train_items(self.info, tuple(splits))
         # Batches hold positives only; the sampler adds fresh negatives to each.
         return data.ShardedBatches(
-            self.info, "train", per_replica_batch, seed=self.train.seed, shuffle_buffer=self.train.shuffle_buffer,
+            self.info, splits, per_replica_batch, seed=self.train.seed, shuffle_buffer=self.train.shuffle_buffer,
             keys=ranking.TRAIN_KEYS,
             batch_map=ranking.make_negative_sampler(self.train_items, self.hparams.num_negatives, self.train.seed),
         )

@@ -34,6 +34,15 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with ``slow`` tests first, so pytest-xdist (``--dist loadfile``) starts the long files early.
+
+    Otherwise the last long file to be handed out decides the wall time of the suite.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: keeps the order within each group
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The shared real-data folder; the test is skipped when it is absent."""

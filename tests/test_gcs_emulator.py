@@ -37,6 +37,8 @@ import pytest
 
 pytest.importorskip("gcp_storage_emulator", reason="pip install gcp-storage-emulator (setup.py extras 'test')")
 
+pytestmark = pytest.mark.slow  # pipelines against the emulator / several TF processes
+
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "recsys-test"
 

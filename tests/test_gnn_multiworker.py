@@ -15,6 +15,8 @@ import pytest
 
 from tests.test_multiworker import REPO, _env, module_processes, run_module  # noqa: F401  (a fixture)
 
+pytestmark = pytest.mark.slow  # several TensorFlow processes
+
 EPOCHS = 6
 # Equal global batch: 64 = 32 per replica x 2 workers = 64 x 1 process (25 steps per epoch).
 COMMON = [

@@ -89,7 +89,6 @@ def test_models_learn_the_planted_groups(tiny):
 
 
 def test_sampled_negatives_are_never_train_items(tiny):
-    import tensorflow as tf
 
     from schemas import ratings as F
     from trainer import data, ranking

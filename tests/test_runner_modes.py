@@ -26,7 +26,7 @@ def _summary(out: Path) -> dict:
 @pytest.mark.slow
 def test_in_memory_and_multi_processing_write_the_same_files(tmp_path):
     lines = [f"{u}\t{i}\t{1 + (u * i) % 5}\t{1000 + u * 50 + i}" for u in range(1, 41) for i in range(1, 30, 3)]
-    lines += ["bad line", "", f"1\t1\t5\t999999"]  # a reject, a blank line and a duplicate
+    lines += ["bad line", "", "1\t1\t5\t999999"]  # a reject, a blank line and a duplicate
     (tmp_path / "ratings.tsv").write_text("\n".join(lines) + "\n")
     outputs = {}
     for mode in ("in_memory", "multi_processing"):

@@ -25,7 +25,6 @@ from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
-from schemas import ratings as F
 
 SPLITS = ("train", "valid", "test")
 PIPELINES = {  # schema -> the command that writes it (for error messages)

@@ -32,7 +32,7 @@ from tensorflow_gnn import runner
 
 from schemas import lastfm as schema_names
 from trainer import classification_metrics, data, plots
-from trainer.tasks.base import Metric, Task
+from trainer.tasks.base import Metric, Task, traced
 
 EVAL_BATCH = 1024
 
@@ -155,6 +155,7 @@ class GraphClassificationTask(Task):
         self.graph_schema = read_schema(self.data_dir)
         self._input_spec = make_dataset(self.dataset.files("valid"), self.graph_schema, 2).element_spec[0]
         self._base = None
+        self._eval_batches: dict[str, list] = {}
 
     def train_provider(self, per_replica_batch: int, splits: tuple[str, ...] = ("train",)) -> SubgraphBatches:
         return SubgraphBatches(self.dataset.files("train"), self.graph_schema, per_replica_batch,
@@ -179,11 +180,21 @@ class GraphClassificationTask(Task):
         graph, _ = next(iter(make_dataset(self.dataset.files("train"), self.graph_schema, 2)))
         model(graph)
 
+    def _batches(self, split: str) -> list:
+        """The parsed ``(graph, label)`` batches of ``split``, read once per job (evaluated every epoch)."""
+        if split not in self._eval_batches:
+            self._eval_batches[split] = list(make_dataset(self.dataset.files(split), self.graph_schema, EVAL_BATCH))
+        return self._eval_batches[split]
+
     def predict(self, model, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(labels, predicted classes) of every example of ``split``, in file order."""
+        # One traced function per model: batches differ in their node and edge counts, so
+        # the trace is shape-relaxed instead of retraced per batch.
+        logits = traced(model, "predict", lambda: tf.function(lambda graph: model(graph, training=False),
+                                                                reduce_retracing=True))
         labels, predictions = [], []
-        for graph, label in make_dataset(self.dataset.files(split), self.graph_schema, EVAL_BATCH):
-            predictions.append(np.argmax(model(graph, training=False).numpy(), axis=-1))
+        for graph, label in self._batches(split):
+            predictions.append(np.argmax(logits(graph).numpy(), axis=-1))
             labels.append(label.numpy())
         if not labels:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cloud.vertex import APP_LABEL, JOB_LABEL, CloudError, label_value, parent, require, to_dict
+from cloud.settings import APP_LABEL, JOB_LABEL, CloudError, label_value, parent, require, to_dict
 
 KINDS = ("endpoints", "models", "hyperparameter_tuning_jobs", "custom_jobs")
 _CAMEL = {"hyperparameterTuningJobs": "hyperparameter_tuning_jobs", "customJobs": "custom_jobs"}
@@ -153,7 +153,8 @@ def _describe(requests, skipped) -> dict[str, Any]:
 def _clients(settings):
     from google.cloud import aiplatform_v1 as aip
 
-    from cloud.vertex import _client_options, _credentials
+    from cloud.settings import client_options as _client_options
+    from cloud.settings import credentials as _credentials
 
     credentials = _credentials()
     options = _client_options(settings)

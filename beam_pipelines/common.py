@@ -5,11 +5,32 @@ reading lines together with their file and line number, dead-letter records,
 deterministic sharded writers (TFRecord and JSON lines), Beam counters and the
 ``dataset.json`` summary. All file access goes through Beam ``FileSystems`` so
 ``gs://`` works wherever a local path does.
+
+Also the reliability rules every pipeline follows (``run`` wires them):
+
+* inputs: ``check_text_file`` before the pipeline (binary, UTF-16, zip, a
+  compression the name does not say), ``read_byte_lines`` while it runs (a
+  compressed file must reach its end-of-stream marker and checksum: a truncated
+  or corrupt ``.gz`` / ``.bz2`` / ``.xz`` fails, it is never silently shortened);
+  ``require_usable`` when a side has no usable row;
+* outputs: ``prepare_output`` (the location is a writable directory; the earlier
+  commit marker is removed first, then every earlier output), ``commit_marker``
+  (``dataset.json`` written last, atomically: a run that dies leaves nothing that
+  looks finished);
+* errors: ``run_pipeline`` turns a bad file met inside a Beam worker into one
+  ``PipelineInputError`` line, and ``pipeline_main`` prints every error as one
+  line (exit 2 for bad input; 1, with ``VERBOSE=1`` for the traceback, otherwise).
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
+import gzip
 import hashlib
 import json
+import lzma
+import os
+import re
 import zlib
 import logging
 import struct
@@ -26,6 +47,27 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 
 class PipelineInputError(Exception):
     """Bad input that the operator must fix; ``main()`` prints it as one line."""
+
+
+INPUT_ERROR_MARKER = "[input file error] "
+
+
+class InputFileError(PipelineInputError):
+    """A file that cannot be read to its end: unreadable, not text, corrupt or truncated compression.
+
+    It may be raised inside a Beam worker; the message starts with
+    ``INPUT_ERROR_MARKER`` so ``run_pipeline`` finds it in whatever the runner
+    re-raises (the DirectRunner keeps the type, Dataflow reports the text). One
+    string argument, so runners can re-create it with an augmented message.
+    """
+
+
+def input_file_error(path: str, reason: str, todo: str, flag: str = "") -> InputFileError:
+    """``InputFileError`` saying which file (and flag), what is wrong with it and what to do."""
+    return InputFileError(f"{INPUT_ERROR_MARKER}{flag + ' ' if flag else ''}{path}: {reason}; {todo}")
+
+
+_DAMAGED = "the file is damaged or incomplete (an interrupted download or copy?): fetch or copy it again"
 
 
 # --------------------------------------------------------------------------- hashing
@@ -66,15 +108,146 @@ def decode_line(raw: bytes, is_first_line: bool) -> str:
         return raw.decode("latin-1")
 
 
+# Decompressors that check the end-of-stream marker (and gzip's CRC-32 and length):
+# Beam's CompressedFile stops quietly where a truncated file ends. DEFLATE and
+# ZSTD files are read by Beam's reader, which cannot tell a truncated stream.
+_CHECKED_DECOMPRESSORS = {
+    CompressionTypes.GZIP: lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    CompressionTypes.BZIP2: lambda raw: bz2.BZ2File(raw, mode="rb"),
+    CompressionTypes.LZMA: lambda raw: lzma.LZMAFile(raw, mode="rb"),
+}
+_READ_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{error.__class__.__name__}: {text[:200]}" if text else error.__class__.__name__
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[Any]:
+    """Opens ``path`` for reading bytes, decompressed by its suffix (``.gz``, ``.bz2``, ``.xz``, ...).
+
+    Raises:
+      InputFileError: the file cannot be opened.
+    """
+    compression = CompressionTypes.detect_compression_type(path)
+    try:
+        if compression in _CHECKED_DECOMPRESSORS:
+            raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+            stream = _CHECKED_DECOMPRESSORS[compression](raw)
+        else:
+            raw = stream = FileSystems.open(path, compression_type=compression)
+    except Exception as error:  # Beam wraps local and GCS failures in several types
+        raise input_file_error(path, f"cannot open it ({_reason(error)})",
+                               "check the path and its permissions") from None
+    try:
+        yield stream
+    finally:
+        stream.close()
+        if raw is not stream:
+            raw.close()
+
+
+def read_byte_lines(path: str) -> Iterator[bytes]:
+    """Yields the raw lines of ``path`` (newline kept), decompressed; a damaged file fails.
+
+    Raises:
+      InputFileError: the file cannot be read to its end: a read error, or a
+        compressed stream that is corrupt, fails its checksum, or ends before its
+        end-of-stream marker (a truncated download). Never a silently shorter file.
+    """
+    number = 0
+    with open_input(path) as stream:
+        try:
+            # Beam's CompressedFile (.deflate, .zst) has readline() but is not iterable.
+            for number, raw in enumerate(iter(stream.readline, b""), start=1):
+                yield raw
+        except _READ_ERRORS as error:
+            raise input_file_error(path, f"cannot be read past line {number} ({_reason(error)})", _DAMAGED) from None
+
+
 def read_positioned_lines(path: str) -> Iterator[tuple[str, int, str]]:
     """Yields ``(path, line_number, text)`` for every line of ``path`` (1-based).
 
     Compression is detected from the file name (``.gz``, ``.bz2`` ...).
+
+    Raises:
+      InputFileError: see ``read_byte_lines``.
     """
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
-        # Beam's CompressedFile (.gz, .bz2) has readline() but is not iterable.
-        for number, raw in enumerate(iter(handle.readline, b""), start=1):
-            yield path, number, decode_line(raw, number == 1)
+    for number, raw in enumerate(read_byte_lines(path), start=1):
+        yield path, number, decode_line(raw, number == 1)
+
+
+def read_text_file(path: str) -> str:
+    """The whole of a UTF-8 text file (a JSON document), decompressed, without a leading BOM.
+
+    Raises:
+      InputFileError: unreadable or damaged (see ``read_byte_lines``), or not UTF-8
+        (JSON is UTF-8 by its standard; a Latin-1 fallback would change ids silently).
+    """
+    data = b"".join(read_byte_lines(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise input_file_error(
+            path, f"is not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})",
+            "save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)") from None
+    return text.lstrip("\ufeff")
+
+
+_MAGIC = ((b"\x1f\x8b", "gzip", ".gz"), (b"BZh", "bzip2", ".bz2"), (b"\xfd7zXZ\x00", "xz", ".xz"))
+_SNIFF_BYTES = 1 << 16
+
+
+def check_text_file(path: str, flag: str) -> None:
+    """Fails early, with what to do, when ``path`` cannot be a text input.
+
+    Checks the first bytes: a zip archive; gzip/bzip2/xz data without the
+    matching suffix (or a ``.gz`` name on other data); UTF-16/32 text; binary
+    data (NUL bytes, or more than 5% control characters).
+
+    Raises:
+      InputFileError: one of the above, or the file cannot be opened.
+    """
+    def fail(reason: str, todo: str) -> InputFileError:
+        return input_file_error(path, reason, todo, flag)
+
+    compression = CompressionTypes.detect_compression_type(path)
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            head = handle.read(8)
+    except Exception as error:  # noqa: BLE001  (Beam wraps local and GCS failures in several types)
+        raise fail(f"cannot open it ({_reason(error)})", "check the path and its permissions") from None
+    if head.startswith(b"PK\x03\x04"):
+        raise fail("is a zip archive", "unzip it and pass the file inside")
+    for magic, kind, suffix in _MAGIC:
+        named = CompressionTypes.detect_compression_type(f"x{suffix}")
+        if head.startswith(magic) and compression != named:
+            raise fail(f"holds {kind} data but its name does not end in {suffix}",
+                       f"rename it to end in {suffix} (compression is told from the name)")
+        if compression == named and head and not head.startswith(magic):
+            raise fail(f"is named {suffix} but does not hold {kind} data", "decompress or rename it, or fetch it again")
+    with open_input(path) as stream:
+        try:
+            sample = stream.read(_SNIFF_BYTES)
+        except _READ_ERRORS as error:
+            raise fail(f"cannot be read ({_reason(error)})", _DAMAGED) from None
+    head16 = sample[:64]
+    utf16 = len(head16) >= 4 and any(head16) and (set(head16[1::2]) == {0} or set(head16[0::2]) == {0})
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")) or utf16:
+        raise fail("is UTF-16 or UTF-32 text", "convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    control = sum(sample.count(bytes([c])) for c in (*range(9), 11, 12, *range(14, 32), 127))
+    if b"\x00" in sample or control > 0.05 * len(sample):
+        raise fail(f"is binary data, not text (NUL or control bytes in its first {len(sample)} bytes)",
+                   "pass the text file this flag expects")
+
+
+def check_text_files(paths: Sequence[str], flag: str) -> list[str]:
+    """``check_text_file`` for each path; returns the paths."""
+    for path in paths:
+        check_text_file(path, flag)
+    return list(paths)
 
 
 class ReadPositionedLines(beam.PTransform):
@@ -341,18 +514,109 @@ def split_summary(output: str, split: str, num_shards: int, examples: int, suffi
 
 def pipeline_main(name: str, run: Callable[[Sequence[str] | None], dict[str, Any]],
                   describe: Callable[[dict[str, Any]], str], argv: Sequence[str] | None = None) -> int:
-    """A pipeline's ``main``: runs it, prints a one-line summary, or one error line (exit 2)."""
-    import os
+    """A pipeline's ``main``: runs it, prints a one-line summary, or one error line.
+
+    Returns:
+      0; 2 for bad input (``PipelineInputError``); 1 for any other failure, printed
+      as one line too (``VERBOSE=1`` shows Beam's logs and the traceback).
+    """
     import sys
 
-    logging.getLogger().setLevel(logging.INFO if os.environ.get("VERBOSE") else logging.WARNING)
+    verbose = bool(os.environ.get("VERBOSE"))
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        # Beam logs a DoFn's exception with its traceback before re-raising it; the
+        # exception itself reaches this function and is printed as one line.
+        logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     try:
         summary = run(argv)
     except PipelineInputError as error:
-        print(f"{name} pipeline: error: {error}", file=sys.stderr)
+        print(f"{name} pipeline: error: {str(error).replace(INPUT_ERROR_MARKER, '', 1)}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001  (one line; the traceback on request)
+        if verbose:
+            raise
+        print(f"{name} pipeline: failed: {_reason(error)} (rerun with VERBOSE=1 for the traceback); "
+              "the output is incomplete and has no dataset.json", file=sys.stderr)
+        return 1
     print(f"{name} pipeline: {describe(summary)}")
     return 0
+
+
+_WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+                   "Not a directory", "Is a directory")
+
+
+def known_failure(error: BaseException, output: str | None = None) -> str | None:
+    """The one-line message of a pipeline failure caused by a bad input or output location, else None.
+
+    Looks through the exception chain and the text the runner reports for an
+    ``InputFileError`` (its marker) or an operating-system write failure.
+    """
+    texts = []
+    seen: BaseException | None = error
+    while seen is not None and len(texts) < 10:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = "\n".join(texts)
+    found = re.search(re.escape(INPUT_ERROR_MARKER) + r"([^\n]*)", text)
+    if found:
+        return re.sub(r" \[while running '[^']*'\]$", "", found.group(1)).strip()
+    if output is not None:
+        for failure in _WRITE_FAILURES:
+            if failure in text:
+                return (f"writing {output} failed ({failure}); free space or choose a writable --output, then rerun "
+                        "(the output is incomplete and has no dataset.json)")
+    return None
+
+
+def run_pipeline(pipeline, output: str | None = None):
+    """Runs ``pipeline`` to its end and returns the result.
+
+    Raises:
+      PipelineInputError: a bad input file met inside a worker (``InputFileError``)
+        or an output that could not be written, as one line; the pipeline ending
+        in any state but DONE.
+    """
+    from apache_beam.runners.runner import PipelineState
+
+    try:
+        result = pipeline.run()
+        state = result.wait_until_finish()
+    except Exception as error:  # noqa: BLE001  (re-raised unless it is a known cause)
+        message = known_failure(error, output)
+        if message is None:
+            raise
+        raise PipelineInputError(message) from None
+    if state is not None and state != PipelineState.DONE:
+        raise PipelineInputError(f"the pipeline ended in state {state}; the output is incomplete, rerun it")
+    return result
+
+
+def require_usable(*, flag: str, source: str, used: int, breakdown: dict[str, int], output: str,
+                   files: Sequence[str] = (), what: str = "row") -> None:
+    """Fails when an input side gave no usable row (an empty file, a header alone, every row rejected).
+
+    Args:
+      flag: the input's flag (``--input``).
+      source: what was given (the flag's value).
+      used: rows of that input that ended in an output.
+      breakdown: where its rows went instead (``{"header lines": 1, "rejected": 0}``).
+      output: the pipeline output (``rejected/`` is named when it holds rows).
+      files: the input's files (only their rejected rows are shown; empty: any).
+      what: the unit for the message.
+
+    Raises:
+      PipelineInputError: ``used`` is 0.
+    """
+    if used > 0:
+        return
+    detail = ", ".join(f"{count} {name}" for name, count in breakdown.items() if count) or "no lines"
+    first = first_rejections(output, limit=1, keep=(lambda r: r["source"] in files) if files else None)
+    shown = (f"; first rejected: {os.path.basename(first[0]['source'])}:{first[0]['line']}: {first[0]['reason']}; "
+             f"all in {join_path(output, 'rejected')}") if first else ""
+    raise PipelineInputError(f"{flag} {source}: no usable {what} ({detail}){shown}; "
+                             "check that it is the right file for this flag and its format")
 
 
 # --------------------------------------------------------------------------- outputs
@@ -363,7 +627,26 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Writes ``payload`` as indented JSON (sorted keys) to ``path``."""
     write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+MARKER = "dataset.json"
+
+
+def commit_marker(output: str, payload: dict[str, Any], name: str = MARKER) -> str:
+    """Writes the commit marker ``OUTPUT/dataset.json`` last and atomically; returns its path.
+
+    Written to a temporary name and renamed: a local rename is atomic, so a run
+    killed while writing leaves no half-written marker (a GCS object appears only
+    once it is complete anyway). The trainer treats an output without the marker
+    as unfinished.
+    """
+    path = join_path(output, name)
+    temporary = f"{path}.tmp"
+    write_json(temporary, payload)
+    FileSystems.rename([temporary], [path])
+    return path
 
 
 def read_json(path: str) -> dict[str, Any]:
@@ -378,17 +661,46 @@ def join_path(*parts: str) -> str:
 def clear_outputs(output: str, names: Sequence[str]) -> None:
     """Deletes earlier outputs of a pipeline so no stale shard survives a rerun.
 
-    On gs:// a folder is only a name prefix (``exists`` is false for it), so
-    ``NAME/`` is deleted as a prefix there; deleting a prefix without objects is a no-op.
+    The commit marker (``dataset.json``) goes first, so a rerun that dies part
+    way leaves nothing that looks finished. On gs:// a folder is only a name
+    prefix (``exists`` is false for it), so ``NAME/`` is deleted as a prefix
+    there; deleting a prefix without objects is a no-op.
     """
-    for name in names:
+    ordered = [MARKER, f"{MARKER}.tmp", *(n for n in names if n not in (MARKER, f"{MARKER}.tmp"))]
+    for name in ordered:
         path = FileSystems.join(output, name)
         if FileSystems.exists(path):
             logging.info("Removing earlier output %s", path)
             FileSystems.delete([path])
-        elif path.startswith("gs://"):
+        elif path.startswith("gs://") and name not in (MARKER, f"{MARKER}.tmp"):
             logging.info("Removing earlier outputs under %s/", path)
             FileSystems.delete([path.rstrip("/") + "/"])
+
+
+def prepare_output(output: str, names: Sequence[str], flag: str = "--output") -> None:
+    """Checks that ``output`` is a writable directory, then removes earlier outputs (marker first).
+
+    Called before the pipeline is built, so an unusable location is one line
+    instead of a failure inside a Beam sink.
+
+    Raises:
+      PipelineInputError: ``output`` is an existing file, cannot be created, or cannot be written.
+    """
+    todo = "choose a directory you can write to (it is created when missing)"
+    if "://" not in output:
+        if os.path.exists(output) and not os.path.isdir(output):
+            raise PipelineInputError(f"{flag} {output} is an existing file, not a directory; {todo}")
+        try:
+            os.makedirs(output, exist_ok=True)
+        except OSError as error:
+            raise PipelineInputError(f"{flag} {output}: cannot create the directory ({error.strerror}); {todo}") from None
+    probe = join_path(output, f".write-probe-{os.getpid()}")
+    try:
+        write_text(probe, "")
+        FileSystems.delete([probe])
+        clear_outputs(output, names)
+    except Exception as error:  # noqa: BLE001  (Beam wraps local and GCS failures in several types)
+        raise PipelineInputError(f"{flag} {output} cannot be written ({_reason(error)}); {todo}") from None
 
 
 def first_rejections(

@@ -28,7 +28,6 @@ import time
 from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
 from beam_pipelines import common
@@ -287,9 +286,9 @@ def _counted(element, name: str):
 
 
 def _read_features_file(path: str) -> Iterator[tuple[str, Any]]:
-    with FileSystems.open(path) as handle:
-        content = handle.read().decode("utf-8", "replace")
-    for kind, payload in parse_features_entries(path, content.lstrip("\ufeff")):
+    # Strict UTF-8 and a checked decompression (common.read_text_file): a damaged
+    # or mis-encoded file fails as one line instead of losing or changing entries.
+    for kind, payload in parse_features_entries(path, common.read_text_file(path)):
         common.counter("features_entries_read").inc()
         yield kind, payload
 
@@ -578,12 +577,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     args, beam_args = parse_args(argv)
     fractions = _validate(args)
     fanouts = parse_fanouts(args.fanout, args.hops)
-    edges = common.match_files(args.edges, "--edges")
-    targets = common.match_files(args.targets, "--targets")
-    features = common.match_files(args.features, "--features") if args.features else []
+    edges = common.check_text_files(common.match_files(args.edges, "--edges"), "--edges")
+    targets = common.check_text_files(common.match_files(args.targets, "--targets"), "--targets")
+    features = (common.check_text_files(common.match_files(args.features, "--features"), "--features")
+                if args.features else [])
     # The TF-GNN sampler resolves relative artifact paths against its own cwd.
     output = args.output if "://" in args.output else os.path.abspath(args.output)
-    common.clear_outputs(output, OUTPUT_NAMES)
+    common.prepare_output(output, OUTPUT_NAMES)
     label_hints = args.label_hints == "true"
     schema = graph_schema(args.num_classes, label_hints)
 
@@ -608,8 +608,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         | "EncodeRejected" >> beam.Map(common.encode_json_line)
         | "WriteRejected" >> common.WriteDeterministicShards(common.join_path(output, "rejected", "part"), 1, kind="jsonl")
     )
-    result = pipeline.run()
-    result.wait_until_finish()
+    result = common.run_pipeline(pipeline, output)
     counts = common.read_counters(result)
     from google.protobuf import text_format
 
@@ -617,6 +616,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     summary = summarize(args, fractions, fanouts, edges, targets, features, counts, label_hints, time.time() - started)
     if not summary["accounting"]["balanced"]:
         raise common.PipelineInputError(f"rows do not add up: {json.dumps(summary['accounting'])}")
+    _require_usable_rows(args, summary, output)  # before the reject share: it names the input that is empty
     if summary["rejected_fraction"] > args.max_rejected_fraction:
         examples_text = "; ".join(
             f"{os.path.basename(r['source'])}:{r['line']}: {r['reason']}" for r in common.first_rejections(output)
@@ -625,8 +625,28 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
             f"{summary['rejected_fraction']:.1%} of rows rejected (> --max-rejected-fraction "
             f"{args.max_rejected_fraction}); first: {examples_text}; all in {common.join_path(output, 'rejected')}"
         )
-    common.write_json(common.join_path(output, "dataset.json"), summary)
+    common.commit_marker(output, summary)
     return summary
+
+
+def _require_usable_rows(args: argparse.Namespace, summary: dict[str, Any], output: str) -> None:
+    """Targets, edges and (when given) features each gave at least one usable row."""
+    detail = summary["counts"]["detail"]
+    g = lambda name: detail.get(name, 0)  # noqa: E731
+    files = {s["side"]: [] for s in summary["sources"]}
+    for source in summary["sources"]:
+        files[source["side"]].append(source["path"])
+    sides = [("--targets", args.targets, sum(summary["counts"]["users"].values()), "target"),
+             ("--edges", args.edges, summary["counts"]["follows_pairs"], "edge")]
+    if args.features:
+        sides.append(("--features", args.features, summary["counts"]["users_with_likes"], "features"))
+    for flag, source, used, kind in sides:
+        read = "entries_read" if kind == "features" else "lines_read"
+        common.require_usable(flag=flag, source=source, used=used, output=output, files=files[flag[2:]], breakdown={
+            "lines read" if read == "lines_read" else "entries read": g(f"{kind}_{read}"),
+            "header lines": g(f"{kind}_header_lines"), "blank lines": g(f"{kind}_blank_lines"),
+            "rejected": g(f"{kind}_rejected"), "duplicates": g(f"{kind}_duplicates"),
+            "dangling": g(f"{kind}_dangling"), "unlabelled": g(f"{kind}_unlabelled")})
 
 
 def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, int], label_hints: bool, seconds: float):

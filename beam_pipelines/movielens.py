@@ -55,6 +55,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -167,13 +168,63 @@ def _parse_id(value: str, what: str) -> str:
     return str(int(value))  # canonical: '007' and '7' are the same id
 
 
-def parse_rating_fields(text: str, fmt: str, rating_range: tuple[float, float]) -> tuple[str, str, float, int]:
+class RatingRule(NamedTuple):
+    """Valid ratings of a file: ``low <= rating <= high`` and, when ``step`` > 0, a multiple of ``step``."""
+
+    low: float
+    high: float
+    step: float = 0.0
+
+    def describe(self) -> str:
+        return f"{self.low:g}..{self.high:g}" + (f" in steps of {self.step:g}" if self.step else "")
+
+
+WHOLE_STARS = RatingRule(1.0, 5.0, 1.0)  # ML-100K, ML-1M (and the NCF files made from ML-1M)
+HALF_STARS = RatingRule(0.5, 5.0, 0.5)  # ML-10M, ML-20M, ML-25M, ml-latest(-small)
+_ML10M_PATH = re.compile(r"ml-?10m|10m100k")  # ML-10M's ratings.dat looks like ML-1M's; only its folder tells
+
+
+def default_rating_rule(path: str, fmt: str) -> tuple[RatingRule, str]:
+    """The MovieLens release rule for a file (``--rating-range`` overrides it) and why it applies.
+
+    ``tab`` is ML-100K and ``ncf`` the NCF files of ML-1M: whole stars 1..5;
+    ``csv`` is ML-20M/25M/latest: half stars 0.5..5; ``dat`` is ML-1M (whole
+    stars) unless the path names ML-10M (half stars).
+    """
+    if fmt == "csv":
+        return HALF_STARS, "csv: ML-20M/25M/latest half stars"
+    if fmt == "dat" and _ML10M_PATH.search(path.lower()):
+        return HALF_STARS, "dat under an ML-10M folder: half stars"
+    if fmt == "dat":
+        return WHOLE_STARS, "dat: ML-1M whole stars (ML-10M elsewhere: --rating-range 0.5,5,0.5)"
+    return WHOLE_STARS, {"tab": "tab: ML-100K whole stars", "ncf": "ncf: NCF ML-1M whole stars"}.get(fmt, fmt)
+
+
+def parse_rating_range(value: str) -> RatingRule:
+    """``--rating-range LOW,HIGH[,STEP]`` -> ``RatingRule`` (no STEP: any value in the range).
+
+    Raises:
+      common.PipelineInputError: not 2 or 3 finite numbers with LOW <= HIGH and STEP >= 0.
+    """
+    try:
+        numbers = [float(v) for v in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (2, 3) or not all(map(math.isfinite, numbers)) or numbers[0] > numbers[1] or (
+            len(numbers) == 3 and numbers[2] < 0):
+        raise common.PipelineInputError(
+            f"--rating-range must be LOW,HIGH or LOW,HIGH,STEP (e.g. 1,5,1 or 0.5,5,0.5), got {value!r}")
+    return RatingRule(*numbers)
+
+
+def parse_rating_fields(text: str, fmt: str, rating_range: tuple[float, ...]) -> tuple[str, str, float, int]:
     """Parses one data line into ``(user, item, rating, timestamp)``.
 
     Args:
       text: the decoded line without its newline.
       fmt: one of ``FORMATS``.
-      rating_range: inclusive ``(low, high)`` bounds of a valid rating.
+      rating_range: inclusive ``(low, high)`` bounds of a valid rating, or a
+        ``RatingRule`` (``(low, high, step)``: also a multiple of ``step``).
 
     Returns:
       Canonical user id, item id, rating and unix timestamp (seconds).
@@ -195,9 +246,11 @@ def parse_rating_fields(text: str, fmt: str, rating_range: tuple[float, float]) 
         raise RowError(f"rating {raw_rating[:40]!r} is not a number") from None
     if not math.isfinite(rating):
         raise RowError(f"rating {raw_rating!r} is not finite")
-    low, high = rating_range
+    low, high, *step = rating_range
     if not low <= rating <= high:
         raise RowError(f"rating {rating:g} is outside [{low:g}, {high:g}]")
+    if step and step[0] and abs(rating / step[0] - round(rating / step[0])) > 1e-9:
+        raise RowError(f"rating {rating:g} is not a multiple of {step[0]:g}")
     raw_timestamp = fields[3].strip()
     try:
         timestamp = int(raw_timestamp)
@@ -272,7 +325,7 @@ class ParseRatingLines(beam.DoFn):
     Blank lines and a header on a file's first line are counted, not emitted.
     """
 
-    def __init__(self, formats: dict[str, str], side: str, rating_range: tuple[float, float]):
+    def __init__(self, formats: dict[str, str], side: str, rating_range: tuple[float, ...] | dict[str, tuple]):
         super().__init__()
         self._formats = formats
         self._side = side
@@ -293,7 +346,8 @@ class ParseRatingLines(beam.DoFn):
             self._header()
             return
         try:
-            user, item, rating, timestamp = parse_rating_fields(text, fmt, self._rating_range)
+            rule = self._rating_range[path] if isinstance(self._rating_range, dict) else self._rating_range
+            user, item, rating, timestamp = parse_rating_fields(text, fmt, rule)
         except RowError as error:
             self._rejected()
             yield TaggedOutput("rejected", common.rejection(path, number, str(error), text))
@@ -850,12 +904,14 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-shards", type=int, default=8)
     parser.add_argument("--max-rejected-fraction", type=float, default=0.01)
-    parser.add_argument("--rating-range", default="0,5", help="inclusive LOW,HIGH of a valid rating")
+    parser.add_argument("--rating-range", default=None,
+                        help="inclusive LOW,HIGH[,STEP] of a valid rating (STEP: ratings are its multiples); "
+                             "default per format: 1,5,1 for tab/ncf and ML-1M .dat, 0.5,5,0.5 for csv and ML-10M .dat")
     return common.parse_pipeline_args(parser, argv)
 
 
-def _validate(args: argparse.Namespace) -> tuple[tuple[float, float], SplitSpec]:
-    """Checks flag combinations; returns the rating range and the split spec.
+def _validate(args: argparse.Namespace) -> tuple[RatingRule | None, SplitSpec]:
+    """Checks flag combinations; returns the ``--rating-range`` rule (None: per format) and the split spec.
 
     Raises:
       common.PipelineInputError: a flag value or combination that cannot work.
@@ -882,37 +938,41 @@ def _validate(args: argparse.Namespace) -> tuple[tuple[float, float], SplitSpec]
         raise common.PipelineInputError(f"--num-negatives must be >= 0, got {args.num_negatives}")
     if not 0.0 <= args.max_rejected_fraction <= 1.0:
         raise common.PipelineInputError("--max-rejected-fraction must be in [0, 1]")
-    try:
-        low, high = (float(v) for v in args.rating_range.split(","))
-    except ValueError:
-        raise common.PipelineInputError(f"--rating-range must be LOW,HIGH, got {args.rating_range!r}") from None
+    rating_rule = parse_rating_range(args.rating_range) if args.rating_range is not None else None
     valid_fraction = 0.0 if args.no_valid else args.valid_fraction
     if args.split == "leave_one_out" or (args.split == "given" and args.negatives_input):
         valid_fraction = 0.0 if args.no_valid else 1.0  # one held-out row per user, not a fraction
     spec = SplitSpec(args.split, seed=args.seed, test_fraction=args.test_fraction, valid_fraction=valid_fraction,
                      num_negatives=args.num_negatives, has_valid_input=bool(args.valid_input), tie_rule=args.tie_rule)
-    return (low, high), spec
+    return rating_rule, spec
 
 
 def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
     """Runs the pipeline and returns the ``dataset.json`` payload.
 
     Raises:
-      common.PipelineInputError: bad flags, unreadable input, or too many rejects.
+      common.PipelineInputError: bad flags, an unreadable, damaged or binary input, an input without a
+        usable row, an output that cannot be written, or too many rejects.
     """
     args, beam_args = parse_args(argv)
-    rating_range, spec = _validate(args)
-    files_by_side = {INPUT_SIDE: common.match_files(args.input, "--input")}
+    rating_rule, spec = _validate(args)
+    files_by_side = {INPUT_SIDE: common.check_text_files(common.match_files(args.input, "--input"), "--input")}
     if args.test_input:
-        files_by_side[TEST_INPUT_SIDE] = common.match_files(args.test_input, "--test-input")
+        files_by_side[TEST_INPUT_SIDE] = common.check_text_files(
+            common.match_files(args.test_input, "--test-input"), "--test-input")
     if args.valid_input:
-        files_by_side[VALID_INPUT_SIDE] = common.match_files(args.valid_input, "--valid-input")
+        files_by_side[VALID_INPUT_SIDE] = common.check_text_files(
+            common.match_files(args.valid_input, "--valid-input"), "--valid-input")
+    negative_files = (common.check_text_files(common.match_files(args.negatives_input, "--negatives-input"),
+                                              "--negatives-input") if args.negatives_input else [])
     formats = {
         path: (args.format if args.format != "auto" else detect_format(path, common.first_lines(path)))
         for files in files_by_side.values()
         for path in files
     }
-    common.clear_outputs(args.output, OUTPUT_NAMES)
+    rules = {path: (rating_rule, "--rating-range") if rating_rule else default_rating_rule(path, fmt)
+             for path, fmt in formats.items()}
+    common.prepare_output(args.output, OUTPUT_NAMES)
 
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -922,13 +982,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
 
     started = time.time()
     pipeline = beam.Pipeline(options=options)
-    read = pipeline | "ReadRatings" >> ReadRatings(files_by_side, formats, rating_range)
+    read = pipeline | "ReadRatings" >> ReadRatings(files_by_side, formats, {p: r for p, (r, _) in rules.items()})
     given_negatives = None
     rejected = [read["rejected"]]
     if args.negatives_input:
         parsed_negatives = (
             pipeline
-            | "ReadNegativeLines" >> common.ReadPositionedLines(common.match_files(args.negatives_input, "--negatives-input"))
+            | "ReadNegativeLines" >> common.ReadPositionedLines(negative_files)
             | "ParseNegativeLines" >> beam.ParDo(ParseNegativeLines()).with_outputs("rejected", main="negatives")
         )
         given_negatives = parsed_negatives.negatives
@@ -942,12 +1002,16 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         | "WriteRejected"
         >> common.WriteDeterministicShards(common.join_path(args.output, "rejected", "part"), 1, kind="jsonl")
     )
-    result = pipeline.run()
-    result.wait_until_finish()
-    if local_temp:
-        shutil.rmtree(local_temp, ignore_errors=True)
+    try:
+        result = common.run_pipeline(pipeline, args.output)
+    finally:
+        if local_temp:
+            shutil.rmtree(local_temp, ignore_errors=True)
     counts = common.read_counters(result)
     summary = summarize(args, spec, files_by_side, formats, counts, time.time() - started)
+    for source in summary["sources"]:
+        rule, why = rules[source["path"]]
+        source["rating_rule"] = {"low": rule.low, "high": rule.high, "step": rule.step, "why": why}
     _check_rejects(args, summary)
     if not summary["accounting"]["balanced"]:
         # Never seen on the default in_memory DirectRunner or Dataflow; seen with
@@ -958,9 +1022,25 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
             f"{summary['counts']['lines_read']} read (runner {options.get_all_options().get('direct_running_mode')}); "
             "outputs are incomplete, rerun with the default DirectRunner mode"
         )
-    common.write_json(common.join_path(args.output, "dataset.json"), summary)
-    logging.info("Wrote %s", common.join_path(args.output, "dataset.json"))
+    _require_usable_rows(args, summary)
+    logging.info("Wrote %s", common.commit_marker(args.output, summary))
     return summary
+
+
+def _require_usable_rows(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """Each input side gave at least one row to its split (a header alone, blank lines, an empty file fail)."""
+    counts = summary["counts"]
+    breakdown = {"lines read": counts["lines_read"], "header lines": counts["header_lines"],
+                 "blank lines": counts["blank_lines"], "rejected": counts["rejected_rows"],
+                 "duplicates dropped": counts["duplicates_dropped"]}
+    sides = [("--input", args.input, counts["train_rows"], INPUT_SIDE)]
+    if args.test_input:
+        sides.append(("--test-input", args.test_input, counts["test_rows"], TEST_INPUT_SIDE))
+    if args.valid_input:
+        sides.append(("--valid-input", args.valid_input, counts["valid_rows"], VALID_INPUT_SIDE))
+    for flag, source, used, side in sides:
+        common.require_usable(flag=flag, source=source, used=used, breakdown=breakdown, output=args.output,
+                              files=[s["path"] for s in summary["sources"] if s["side"] == side])
 
 
 COUNT_NAMES = (
@@ -1084,10 +1164,14 @@ def _check_rejects(args: argparse.Namespace, summary: dict[str, Any]) -> None:
         f"{os.path.basename(r['source'])}:{r['line']}: {r['reason']} ({r['text'][:60]!r})"
         for r in common.first_rejections(args.output, keep=lambda r: not r["reason"].startswith("duplicate"))
     )
+    rules = sorted({f"{s['format']}: {RatingRule(s['rating_rule']['low'], s['rating_rule']['high'], s['rating_rule']['step']).describe()}"
+                    for s in summary["sources"] if "rating_rule" in s})
     raise common.PipelineInputError(
         f"{summary['counts']['rejected_rows']} of the rows of {args.input} were rejected "
         f"({summary['rejected_fraction']:.2%} > --max-rejected-fraction {args.max_rejected_fraction:.2%}); "
         f"first: {examples}; all in {common.join_path(args.output, 'rejected')}"
+        + (f"; valid ratings ({'; '.join(rules)}) can be changed with --rating-range LOW,HIGH[,STEP]"
+           if "rating " in examples else "")
     )
 
 

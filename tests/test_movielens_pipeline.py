@@ -147,7 +147,7 @@ MALFORMED_TAB = [
     (200, "\u00b2\t5\t3\t881250949", "user id '\u00b2' is not a non-negative integer"),
     (300, "1\t5\tfive\t881250949", "rating 'five' is not a number"),
     (400, "1\t5\tnan\t881250949", "rating 'nan' is not finite"),
-    (500, "1\t5\t9\t881250949", "rating 9 is outside [0, 5]"),
+    (500, "1\t5\t9\t881250949", "rating 9 is outside [1, 5]"),
     (600, "1\t5\t3\t1.5", "timestamp '1.5' is not an integer"),
     (700, "1\t5\t3\t-7", "timestamp -7 is negative"),
 ]

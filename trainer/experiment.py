@@ -33,13 +33,14 @@ instead, so parallel trials never overwrite each other.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import tensorflow as tf
 from tensorflow_gnn import runner
@@ -199,26 +200,24 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
                             "trial": environ.get("CLOUD_ML_TRIAL_ID", "")})
     tf.keras.utils.set_random_seed(train.seed)
     loaded = time.time()
-    try:
+    with _reading(task):
         fit = (_fit_own(task, config, paths, cluster, tracker=tracker) if spec.own_fit
                else _fit_keras(task, train, paths, cluster, strategy, environ, hypertune_metric, tracker=tracker))
-    except tf.errors.DataLossError as error:  # a shard changed after read_dataset checked it
-        raise data.DataError(f"reading {data_dir} failed during training ({str(error).splitlines()[0][:200]}); "
-                             f"rerun {task.pipeline}") from None
     fit.timings["load_seconds"] = round(loaded - started, 3)
 
     valid, test = {}, {}
-    if cluster.is_lead:
-        eval_started = time.time()
-        valid = task.evaluate(fit.model, "valid")
-        fit.timings["eval_seconds"] = round(time.time() - eval_started, 3)
-    final = fit.model
-    if train.refit:
-        final = _refit(task, train, paths, cluster, strategy, fit, config)
-    if cluster.is_lead:
-        eval_started = time.time()
-        test = task.evaluate(final, "test")
-        fit.timings["eval_seconds"] += round(time.time() - eval_started, 3)
+    with _reading(task):
+        if cluster.is_lead:
+            eval_started = time.time()
+            valid = task.evaluate(fit.model, "valid")
+            fit.timings["eval_seconds"] = round(time.time() - eval_started, 3)
+        final = fit.model
+        if train.refit:
+            final = _refit(task, train, paths, cluster, strategy, fit, config)
+        if cluster.is_lead:
+            eval_started = time.time()
+            test = task.evaluate(final, "test")
+            fit.timings["eval_seconds"] += round(time.time() - eval_started, 3)
     export_started = time.time()
     export_dir = _export(task, final, paths.export, cluster.is_lead)
     fit.timings["export_seconds"] = round(time.time() - export_started, 3)
@@ -241,6 +240,23 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
                                 started=started)
     tracker.finish(written)
     return written
+
+
+@contextlib.contextmanager
+def _reading(task) -> Iterator[None]:
+    """A shard that fails while tf.data reads it (fit, evaluation) -> one ``DataError`` line; nothing is exported.
+
+    ``read_dataset`` read every shard before training, so this is a shard that
+    changed or vanished since (a copy still running, a disk failing): a partial
+    fit is never reported as a success.
+    """
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.NotFoundError) as error:
+        if isinstance(error, tf.errors.NotFoundError) and task.data_dir not in str(error):
+            raise  # not one of the pipeline's files
+        raise data.DataError(f"reading {task.data_dir} failed during training or evaluation "
+                             f"({str(error).splitlines()[0][:200]}); nothing was exported; rerun {task.pipeline}") from None
 
 
 def _export(task, model, export_dir: str, is_lead: bool) -> str | None:

@@ -13,6 +13,13 @@ import tensorflow as tf
 
 from schemas import ratings as F
 
+# ``recommend`` scores every known item for each user: a batch of B users costs
+# B x num_items scores (and, for MLP/NeuMF, hidden activations per pair). It runs
+# in steps of at most this many scores, so a request of 100k users has the memory
+# of one step (16 MB of float32 scores) instead of growing with the batch (100k
+# users x ML-1M's 3.7k items at once: 1.5 GB of scores alone).
+RECOMMEND_SCORES_PER_STEP = 1 << 22
+
 
 class RatingServer(tf.Module):
     """``serving_default`` / ``score``: (user_id, item_id) strings -> predicted rating."""
@@ -83,6 +90,7 @@ class RankingServer(tf.Module):
         popular = train_items.popular_items()
         self.popular_items = tf.constant(popular, tf.int64)
         self.popular_scores = tf.constant(train_items.item_counts[popular].astype("float32"))
+        self.users_per_step = max(1, RECOMMEND_SCORES_PER_STEP // max(1, self.num_items))
 
     def _indices(self, user_id, item_id=None):
         item_id = tf.zeros_like(user_id) if item_id is None else item_id
@@ -110,11 +118,25 @@ class RankingServer(tf.Module):
         k = tf.minimum(tf.maximum(k, 1), self.num_items)
         known_user = users < self.num_users
         safe_users = tf.where(known_user, users, tf.zeros_like(users))
-        scores = self.model.score_all_items(safe_users)
-        owned = ranking.contains(self.train_keys, safe_users[:, None], tf.range(self.num_items, dtype=tf.int64)[None, :], self.num_items)
-        scores = tf.where(owned, tf.fill(tf.shape(scores), float("-inf")), scores)
-        top_scores, top_items = tf.math.top_k(scores, k=k)
         batch = tf.shape(users)[0]
+        # Steps of users (see RECOMMEND_SCORES_PER_STEP); at least one step, so an
+        # empty batch needs no special case (its padding user is sliced off).
+        step = tf.maximum(1, tf.minimum(self.users_per_step, batch))
+        steps = tf.maximum(1, (batch + step - 1) // step)
+        blocks = tf.reshape(tf.pad(safe_users, [[0, steps * step - batch]]), [steps, step])
+
+        def top_k_unowned(block):
+            scores = self.model.score_all_items(block)
+            owned = ranking.contains(self.train_keys, block[:, None], tf.range(self.num_items, dtype=tf.int64)[None, :],
+                                     self.num_items)
+            values, indices = tf.math.top_k(tf.where(owned, tf.fill(tf.shape(scores), float("-inf")), scores), k=k)
+            return values, indices
+
+        top_scores, top_items = tf.map_fn(
+            top_k_unowned, blocks, parallel_iterations=1,
+            fn_output_signature=(tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None, None], tf.int32)))
+        top_scores = tf.reshape(top_scores, [-1, k])[:batch]
+        top_items = tf.reshape(top_items, [-1, k])[:batch]
         popular_items = tf.broadcast_to(self.popular_items[None, :k], [batch, k])
         popular_scores = tf.broadcast_to(self.popular_scores[None, :k], [batch, k])
         items = tf.where(known_user[:, None], tf.cast(top_items, tf.int64), popular_items)

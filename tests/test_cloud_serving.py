@@ -150,3 +150,21 @@ def test_bad_requests_are_400_with_the_reason(server, body, message):
 def test_other_routes_are_404(server):
     assert _call(server + "/predict", {"instances": []})[0] == 404  # the defaults are not served when AIP_* say otherwise
     assert _call(server + "/health")[0] == 404
+
+
+def test_hostile_requests_get_an_answer_and_the_server_keeps_running(server):
+    """Empty strings, a 100k-character id, 100k instances, deep nesting: a defined answer or a 400, never a crash."""
+    url = server + PREDICT_ROUTE
+    status, body = _call(url, {"instances": [{"user_id": "", "item_id": "1"}, {"user_id": "u" * 100_000, "item_id": "2"}]})
+    assert status == 200 and [p["known_user"] for p in body["predictions"]] == [False, False], body
+    status, body = _call(url, {"instances": [{"user_id": "1", "item_id": ""}]})  # the toy model cannot read "" as a number
+    assert status == 400 and body["error"] == "the model refused the inputs: StringToNumberOp could not correctly convert string:"
+    many = [{"user_id": str(i % 3), "item_id": str(i % 100)} for i in range(100_000)]
+    status, body = _call(url, {"instances": many})
+    assert status == 200 and len(body["predictions"]) == 100_000
+    assert [p["known_user"] for p in body["predictions"][:3]] == [False, True, True]
+    status, body = _call(url, {"instances": [{"user_id": "1"}], "parameters": {"signature_name": "recommend", "k": 10**12}})
+    assert status == 400 and body["error"] == "input 'k' = 1000000000000 is outside int32 [-2147483648, 2147483647]", body
+    status, body = _call(url, b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert status in (400, 500) and "error" in body
+    assert _call(server + HEALTH_ROUTE)[0] == 200  # still serving

@@ -73,6 +73,25 @@ def _decode(value: Any, is_string: bool) -> Any:
     return value
 
 
+def _check_integers(value: Any, key: str, dtype) -> None:
+    """Integers must fit the input's dtype: ``tf.constant(10**12, tf.int32)`` wraps around silently."""
+    if isinstance(value, list):
+        for item in value:
+            _check_integers(item, key, dtype)
+    elif isinstance(value, int) and not isinstance(value, bool) and not dtype.min <= value <= dtype.max:
+        raise RequestError(f"input {key!r} = {value} is outside {dtype.name} [{dtype.min}, {dtype.max}]")
+
+
+def _model_error(error: Exception) -> str:
+    """The line of a TensorFlow error that says what went wrong (not "Graph execution error:" or the stack)."""
+    for line in getattr(error, "message", str(error)).splitlines():
+        line = line.split("\t [[")[0].strip()
+        if line and line not in ("Graph execution error:", "<stack traces unavailable>") and not line.startswith(
+                ("Detected at node", "File ")):
+            return line[:300]
+    return error.__class__.__name__
+
+
 def _encode(value: Any) -> Any:
     """A numpy value as JSON: bytes -> text (or {"b64"}), non-finite floats -> null, arrays -> lists."""
     if hasattr(value, "tolist"):
@@ -145,6 +164,8 @@ class Model:
                         column.append(_decode(instance, is_string))
                     else:
                         raise RequestError(f"instance {index} must be an object with {', '.join(batched)}")
+            if spec.dtype.is_integer:
+                _check_integers(column, key, spec.dtype)
             try:
                 inputs[key] = tf.constant(column, dtype=spec.dtype)
             except (TypeError, ValueError) as error:
@@ -155,7 +176,7 @@ class Model:
         try:
             outputs = function(**inputs)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
-            raise RequestError(f"the model refused the inputs: {str(error).splitlines()[0][:300]}") from None
+            raise RequestError(f"the model refused the inputs: {_model_error(error)}") from None
         count = len(instances)
         arrays = {key: value.numpy() for key, value in outputs.items()}
         predictions = []

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any, Iterable, Iterator, Sequence
@@ -46,7 +47,7 @@ DEFAULT_FANOUTS = {EDGE_FOLLOWS: (32, 8), EDGE_LIKES: (16, 4), EDGE_LIKED_BY: (0
 def _parse_id(text: str) -> str | None:
     """Canonical node id: a non-negative decimal integer without leading zeros."""
     text = text.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # '²'.isdigit() is True, and int('²') raises
         return None
     return str(int(text))
 
@@ -88,10 +89,9 @@ def parse_target_line(path: str, line: int, text: str, num_classes: int) -> tupl
     user = _parse_id(fields[0])
     if user is None:
         return "rejected", common.rejection(path, line, "target: user id is not a non-negative integer", text)
-    try:
-        label = int(fields[1])
-    except ValueError:
+    if not re.fullmatch(r"-?[0-9]+", fields[1]):  # int() also reads '1_0' and non-ASCII digits
         return "rejected", common.rejection(path, line, "target: label is not an integer", text)
+    label = int(fields[1])
     if not 0 <= label < num_classes:
         return "rejected", common.rejection(path, line, f"target: label outside [0, {num_classes})", text)
     return "target", (user, label, path, line)
@@ -109,11 +109,13 @@ def parse_features_entries(path: str, content: str) -> Iterator[tuple[str, Any]]
       and ``("blank", None)`` for empty lines of JSON lines.
     """
     try:
-        whole = json.loads(content)
+        # Objects as lists of pairs: a user id given twice is two entries (the later one
+        # a counted duplicate), not one that json.loads silently keeps the last of.
+        whole = json.loads(content, object_pairs_hook=_Pairs)
     except json.JSONDecodeError:
         whole = None
-    if isinstance(whole, dict):
-        for number, (key, value) in enumerate(whole.items(), start=1):
+    if isinstance(whole, _Pairs):
+        for number, (key, value) in enumerate(whole, start=1):
             yield _classify_features_entry(path, number, key, value, json.dumps({key: value}))
         return
     for number, text in enumerate(content.splitlines(), start=1):
@@ -121,22 +123,26 @@ def parse_features_entries(path: str, content: str) -> Iterator[tuple[str, Any]]
             yield "blank", None
             continue
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as error:
-            yield "rejected", common.rejection(path, number, f"features: malformed JSON ({error.msg})", text)
+            obj = json.loads(text, object_pairs_hook=_Pairs)
+        except (json.JSONDecodeError, RecursionError) as error:
+            yield "rejected", common.rejection(path, number, f"features: malformed JSON ({getattr(error, 'msg', error)})", text)
             continue
-        if not isinstance(obj, dict) or len(obj) != 1:
+        if not isinstance(obj, _Pairs) or len(obj) != 1:
             yield "rejected", common.rejection(path, number, "features: expected one {user_id: [artists]} object", text)
             continue
-        (key, value), = obj.items()
+        (key, value), = obj
         yield _classify_features_entry(path, number, key, value, text)
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs in file order (``object_pairs_hook``)."""
 
 
 def _classify_features_entry(path: str, number: int, key: Any, value: Any, text: str) -> tuple[str, Any]:
     user = _parse_id(str(key))
     if user is None:
         return "rejected", common.rejection(path, number, "features: user id is not a non-negative integer", text)
-    if not isinstance(value, list) or not all(
+    if type(value) is not list or not all(  # noqa: E721  (an object, now a _Pairs list, is no artist list)
         (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and _parse_id(v))
         for v in value
     ):

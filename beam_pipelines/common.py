@@ -165,6 +165,10 @@ def read_byte_lines(path: str) -> Iterator[bytes]:
                 yield raw
         except _READ_ERRORS as error:
             raise input_file_error(path, f"cannot be read past line {number} ({_reason(error)})", _DAMAGED) from None
+    if number == 0 and CompressionTypes.detect_compression_type(path) in _CHECKED_DECOMPRESSORS:
+        # Python's readers take a 0-byte file for an empty stream; a compressed empty file has a header.
+        if FileSystems.match([path])[0].metadata_list[0].size_in_bytes == 0:
+            raise input_file_error(path, "is a 0-byte file, not compressed data", _DAMAGED)
 
 
 def read_positioned_lines(path: str) -> Iterator[tuple[str, int, str]]:
@@ -226,7 +230,7 @@ def check_text_file(path: str, flag: str) -> None:
         if head.startswith(magic) and compression != named:
             raise fail(f"holds {kind} data but its name does not end in {suffix}",
                        f"rename it to end in {suffix} (compression is told from the name)")
-        if compression == named and head and not head.startswith(magic):
+        if compression == named and not head.startswith(magic):
             raise fail(f"is named {suffix} but does not hold {kind} data", "decompress or rename it, or fetch it again")
     with open_input(path) as stream:
         try:

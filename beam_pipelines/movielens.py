@@ -74,7 +74,8 @@ from schemas import ratings as F
 FORMATS = ("tab", "dat", "csv", "ncf")
 DELIMITERS = {"tab": "\t", "ncf": "\t", "dat": "::", "csv": ","}
 SPLITS = ("random", "given", "temporal", "leave_one_out")
-OUTPUT_NAMES = ("train", "valid", "test", "eval", "rejected", "transform_fn", "transformed_metadata", "dataset.json")
+OUTPUT_NAMES = ("train", "valid", "test", "eval", "rejected", "transform_fn", "transformed_metadata", "dataset.json",
+                "graph", "graph_schema.pbtxt")  # the last two: beam_pipelines.rating_graph's, stale after a rerun
 SECONDS_PER_DAY = 86400
 DEDUP_BUCKETS = 64  # shuffle buckets for duplicate detection
 RECORD_BATCH_SIZE = 20_000  # rows per Arrow record batch fed to tf.Transform
@@ -182,6 +183,7 @@ class RatingRule(NamedTuple):
 WHOLE_STARS = RatingRule(1.0, 5.0, 1.0)  # ML-100K, ML-1M (and the NCF files made from ML-1M)
 HALF_STARS = RatingRule(0.5, 5.0, 0.5)  # ML-10M, ML-20M, ML-25M, ml-latest(-small)
 _ML10M_PATH = re.compile(r"ml-?10m|10m100k")  # ML-10M's ratings.dat looks like ML-1M's; only its folder tells
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def default_rating_rule(path: str, fmt: str) -> tuple[RatingRule, str]:
@@ -241,6 +243,9 @@ def parse_rating_fields(text: str, fmt: str, rating_range: tuple[float, ...]) ->
     item = _parse_id(fields[1], "item id")
     raw_rating = fields[2].strip()
     try:
+        # float() also reads '1_0' (10.0) and non-ASCII digits ('٣' is 3.0): not a rating.
+        if not raw_rating.isascii() or "_" in raw_rating:
+            raise ValueError(raw_rating)
         rating = float(raw_rating)
     except ValueError:
         raise RowError(f"rating {raw_rating[:40]!r} is not a number") from None
@@ -252,10 +257,9 @@ def parse_rating_fields(text: str, fmt: str, rating_range: tuple[float, ...]) ->
     if step and step[0] and abs(rating / step[0] - round(rating / step[0])) > 1e-9:
         raise RowError(f"rating {rating:g} is not a multiple of {step[0]:g}")
     raw_timestamp = fields[3].strip()
-    try:
-        timestamp = int(raw_timestamp)
-    except ValueError:
-        raise RowError(f"timestamp {raw_timestamp[:40]!r} is not an integer") from None
+    if not _INTEGER.fullmatch(raw_timestamp):  # int() also reads '1_000' and non-ASCII digits
+        raise RowError(f"timestamp {raw_timestamp[:40]!r} is not an integer")
+    timestamp = int(raw_timestamp)
     if timestamp < 0:
         raise RowError(f"timestamp {timestamp} is negative")
     return user, item, rating, timestamp

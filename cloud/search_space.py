@@ -1,8 +1,8 @@
 """The hyperparameter search-space YAML: one format for Vertex AI tuning and a local tuner.
 
 Pure Python and YAML, no TensorFlow and no Google Cloud imports: ``./run-cloud.sh tune``
-turns the result into a Vertex AI ``StudySpec`` (``cloud.vertex.study_spec``) and a local
-tuner can read the same file.
+turns the result into a Vertex AI ``StudySpec`` (``cloud.vertex.study_spec``) and the local
+tuner (``./run-cloud.sh tune --local``, ``workflows.tune``) into an Optuna study.
 
 Format (``configs/*_tune.yaml``)::
 
@@ -32,8 +32,9 @@ tuner passes each trial's values as ``--hparams.KEY=VALUE``, which ``trainer.tas
 into ``--set hparams.KEY=VALUE`` (Vertex sends discrete values as doubles, ``64.0``).
 
 The metric is one the trainer reports for tuning, always on the VALID split (never test):
-``TASK_METRICS`` below lists them per task, and ``check_metric(space, model)`` checks the
-metric against the trainer config's model. Every error is one line (``SearchSpaceError``).
+``task_metrics()`` lists them per task (the trainer's ``trainer.tasks.METRICS``), and
+``check_metric(space, model)`` checks the metric against the trainer config's model. Every
+error is one line (``SearchSpaceError``).
 """
 from __future__ import annotations
 
@@ -44,20 +45,25 @@ from typing import Any, Mapping
 
 import yaml
 
-# Must match the trainer's metric names per task: what the trainer reports on the valid split
-# for --hypertune-metric (trainer.tasks.METRICS, where it exists; tests/test_cloud.py compares
-# the two then), with the direction that is better. To be replaced by an import from the trainer.
-TASK_METRICS: dict[str, dict[str, str]] = {
-    "rating": {"rmse": "MINIMIZE", "mae": "MINIMIZE"},
-    "ranking": {"hr@10": "MAXIMIZE", "ndcg@10": "MAXIMIZE", "mrr": "MAXIMIZE", "hit@1": "MAXIMIZE", "hit@5": "MAXIMIZE"},
-    "graph_classification": {"accuracy": "MAXIMIZE", "macro_f1": "MAXIMIZE"},
-}
-# Must match the trainer's model registry (trainer.models.REGISTRY: each ModelSpec's task).
-MODEL_TASKS: dict[str, str] = {
-    "mf": "rating", "bayesian_mf": "rating",
-    "gmf": "ranking", "mlp": "ranking", "neumf": "ranking", "bpr": "ranking",
-    "hetero_gnn": "graph_classification",
-}
+from trainer import models as trainer_models
+from trainer import tasks as trainer_tasks
+
+# The metrics and model tasks come from the trainer's own TF-free tables (trainer.tasks.METRICS,
+# trainer.models.REGISTRY), so a task or model added there is tunable here without an edit.
+GOALS_OF_DIRECTIONS = {"min": "MINIMIZE", "max": "MAXIMIZE"}
+
+
+def task_metrics() -> dict[str, dict[str, str]]:
+    """Per trainer task, the valid metrics it reports and the goal (``MINIMIZE``/``MAXIMIZE``) of each."""
+    return {kind: {name: GOALS_OF_DIRECTIONS[direction] for name, direction in metrics.items()}
+            for kind, metrics in trainer_tasks.METRICS.items()}
+
+
+def model_tasks() -> dict[str, str]:
+    """Per registered model (``trainer.models.REGISTRY``), its task kind."""
+    return {name: spec.task for name, spec in trainer_models.REGISTRY.items()}
+
+
 DEFAULT_MODEL = "mf"  # trainer.config's model when a config names none
 ALGORITHMS = ("ALGORITHM_UNSPECIFIED", "GRID_SEARCH", "RANDOM_SEARCH")
 GOALS = ("MINIMIZE", "MAXIMIZE")
@@ -80,7 +86,7 @@ class SearchSpaceError(ValueError):
 
 def metric_direction(metric_id: str) -> str | None:
     """``MINIMIZE`` / ``MAXIMIZE`` for a metric the trainer reports, None for an unknown one."""
-    for metrics in TASK_METRICS.values():
+    for metrics in task_metrics().values():
         if metric_id in metrics:
             return metrics[metric_id]
     return None
@@ -175,7 +181,7 @@ def validate(raw: Any) -> dict[str, Any]:
     metric_id = str(metric["id"])
     direction = metric_direction(metric_id)
     if direction is None:
-        known = ", ".join(m for metrics in TASK_METRICS.values() for m in metrics)
+        known = ", ".join(sorted({m for metrics in task_metrics().values() for m in metrics}))
         raise ValueError(f"metric {metric_id!r} is not a valid-split metric the trainer reports (known: {known})")
     goal = metric.get("goal", direction)
     if goal not in GOALS:
@@ -233,18 +239,20 @@ def load_search_space(path: str | os.PathLike) -> dict[str, Any]:
 
 def task_of(model: str) -> str:
     """The trainer task (``rating``, ``ranking``, ``graph_classification``) of a model name."""
-    if model not in MODEL_TASKS:
-        raise SearchSpaceError(f"unknown model {model!r} (known: {', '.join(MODEL_TASKS)})")
-    return MODEL_TASKS[model]
+    tasks = model_tasks()
+    if model not in tasks:
+        raise SearchSpaceError(f"unknown model {model!r} (known: {', '.join(tasks)})")
+    return tasks[model]
 
 
 def check_metric(space: Mapping[str, Any], model: str) -> None:
     """Raises SearchSpaceError unless the trainer reports ``space``'s metric for ``model``."""
     task = task_of(model)
     metric = space["metric"]["id"]
-    if metric not in TASK_METRICS[task]:
+    metrics = task_metrics().get(task, {})
+    if metric not in metrics:
         raise SearchSpaceError(f"metric {metric!r} is not reported for model {model} ({task} task); "
-                               f"valid metrics: {', '.join(TASK_METRICS[task])}")
+                               f"valid metrics: {', '.join(metrics) or 'none yet (trainer.tasks.METRICS)'}")
 
 
 def config_model(config_path: str | os.PathLike, sets: list[str] | tuple[str, ...] = ()) -> str:

@@ -625,24 +625,25 @@ def test_tune_accepts_only_a_metric_the_trainer_reports_for_the_config(aip, cli,
     _one_line_error(code, err, "not reported for model mf (rating task)")
 
 
-def test_metric_table_matches_the_trainer():
-    """Every metric tune accepts is one the trainer reports, with the same direction; same model tasks."""
+def test_metric_table_is_the_trainers(monkeypatch, tmp_path):
+    """tune accepts exactly the metrics the trainer reports (trainer.tasks.METRICS), with their direction,
+    for the task the registry names: a task or model added to the trainer needs no edit in cloud/."""
     from cloud import search_space
+    from trainer import models, tasks
 
-    tasks = pytest.importorskip("trainer.tasks", reason="the trainer has no TF-free task table (trainer.tasks) yet")
-    if not hasattr(tasks, "METRICS"):
-        pytest.skip("trainer.tasks has no METRICS table yet")
     goals = {"min": "MINIMIZE", "max": "MAXIMIZE"}
-    for task, metrics in search_space.TASK_METRICS.items():
-        assert task in tasks.METRICS, task
-        for name, goal in metrics.items():
-            assert goals[tasks.METRICS[task].get(name, "missing")] == goal, (task, name)
-    from trainer import models
-
-    registry = {name: getattr(spec, "task", None) for name, spec in models.REGISTRY.items()}
-    if None in registry.values():
-        pytest.skip("the trainer's model registry names no task per model yet (ModelSpec.task)")
-    assert registry == search_space.MODEL_TASKS
+    assert search_space.task_metrics() == {kind: {name: goals[d] for name, d in metrics.items()}
+                                           for kind, metrics in tasks.METRICS.items()}
+    assert search_space.model_tasks() == {name: spec.task for name, spec in models.REGISTRY.items()}
+    # A new task and model appear in the trainer's tables only: the search space takes them.
+    monkeypatch.setitem(tasks.METRICS, "toy_task", {"toy_recall": "max"})
+    monkeypatch.setitem(models.REGISTRY, "toy_model", models.ModelSpec("toy_model", object, "toy_task", "toy.module"))
+    space = search_space.validate({"metric": {"id": "toy_recall"},
+                                   "parameters": [{"id": "hparams.k", "type": "integer", "min": 1, "max": 3}]})
+    assert space["metric"] == {"id": "toy_recall", "goal": "MAXIMIZE"}
+    search_space.check_metric(space, "toy_model")
+    with pytest.raises(search_space.SearchSpaceError, match="not reported for model mf"):
+        search_space.check_metric(space, "mf")
 
 
 # --- tune: one output directory per trial -----------------------------------------------------

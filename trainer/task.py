@@ -123,7 +123,7 @@ def summary_lines(result) -> list[str]:
                 f"({result.selection['epochs_run']} epochs); not lead: metrics, plots and export are written by the lead"]
     from trainer import tasks
 
-    names = tasks.METRICS[result.task]
+    names = tasks.headline(result.task)
 
     def line(values):
         shown = [f"{k}={values[k]:.4f}" for k in names if k in values]

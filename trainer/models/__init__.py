@@ -53,5 +53,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("neumf", hparams.NeuMF, "ranking", "trainer.models.neumf"),
         ModelSpec("bpr", hparams.BPR, "ranking", "trainer.models.bpr"),
         ModelSpec("hetero_gnn", hparams.HeteroGNN, "graph_classification", "trainer.models.hetero_gnn"),
+        ModelSpec("playlist_bpr", hparams.PlaylistBPR, "playlist_ranking", "trainer.models.playlist_bpr"),
+        ModelSpec("playlist_tracks_bpr", hparams.PlaylistTracksBPR, "playlist_ranking",
+                  "trainer.models.playlist_tracks_bpr"),
     )
 }

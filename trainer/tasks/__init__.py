@@ -5,6 +5,7 @@
 | ``rating`` | ``rating`` | ``ratings`` (movielens pipeline) | rmse, mae |
 | ``ranking`` | ``ranking`` | ``ratings`` with held-out positives + sampled negatives | hr@K, ndcg@K, mrr |
 | ``graph_classification`` | ``graph_classification`` | ``lastfm`` (sampled subgraphs) | accuracy, macro_f1 |
+| ``playlist_ranking`` | ``playlist_ranking`` | ``playlists`` (memberships, 50 negatives, KNN candidates) | mrr, hit@K, ndcg@K, knn_* |
 
 The table is resolved lazily: importing this package imports no TensorFlow.
 """
@@ -16,6 +17,7 @@ TASKS = {
     "rating": "trainer.tasks.rating:RatingTask",
     "ranking": "trainer.tasks.ranking:RankingTask",
     "graph_classification": "trainer.tasks.graph_classification:GraphClassificationTask",
+    "playlist_ranking": "trainer.tasks.playlist_ranking:PlaylistRankingTask",
 }
 
 
@@ -31,4 +33,19 @@ METRICS = {
     "rating": {"rmse": "min", "mae": "min"},
     "ranking": {f"{m}@{k}": "max" for m in ("hr", "hit", "ndcg") for k in (1, 5, 10)} | {"mrr": "max"},
     "graph_classification": {"accuracy": "max", "macro_f1": "max"},
+    # 1 positive vs the 50 fixed negatives, and (knn_) over the user's KNN candidates: the served path.
+    "playlist_ranking": {f"{p}{m}@{k}": "max" for p in ("", "knn_") for m in ("hr", "hit", "ndcg") for k in (1, 5, 10)}
+    | {"mrr": "max", "knn_mrr": "max"},
 }
+
+
+# The metrics the trainer's console summary shows for a kind whose METRICS are too many for one
+# line (every metric is in metrics.json); other kinds show all of theirs.
+HEADLINE = {
+    "playlist_ranking": ("mrr", "hit@1", "hit@5", "hit@10", "knn_mrr", "knn_hit@1", "knn_hit@5", "knn_hit@10"),
+}
+
+
+def headline(kind: str) -> tuple[str, ...]:
+    """The metric names the trainer's console summary shows for a task kind."""
+    return HEADLINE.get(kind) or tuple(METRICS[kind])

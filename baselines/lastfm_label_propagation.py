@@ -115,10 +115,22 @@ def neighbourhood_coverage(labels, edges, split: np.ndarray, num_classes: int) -
 
 
 def evaluate(users, labels, edges, seed: int, fractions, num_classes: int, alpha: float, iterations: int) -> dict:
-    split = split_of(users, labels, seed, fractions)
+    """Valid and test accuracy / macro-F1 on the pipeline's split of ``seed``."""
+    return evaluate_split(labels, edges, split_of(users, labels, seed, fractions), num_classes, alpha, iterations)
+
+
+def evaluate_split(labels, edges, split: np.ndarray, num_classes: int, alpha: float, iterations: int) -> dict:
+    """Valid and test accuracy / macro-F1 of label propagation from the train users of ``split``.
+
+    Args:
+      labels: [users] classes.
+      edges: [friendships, 2] user indices.
+      split: [users] ``train`` / ``valid`` / ``test``, anything else for users of no split
+        (nodes of the graph whose label is not used: a split file that leaves them out).
+    """
     train = split == "train"
     seeds = train_one_hot(labels, split, num_classes)
-    predicted = propagate(edges, len(users), seeds, train, alpha, iterations).argmax(axis=1)
+    predicted = propagate(edges, len(labels), seeds, train, alpha, iterations).argmax(axis=1)
     result = {}
     for name in ("valid", "test"):
         mask = split == name

@@ -1,10 +1,20 @@
 """LastFM Asia social graph -> one sampled GraphTensor per labelled user.
 
 Owns the LastFM pipeline: parsing the edges CSV, the targets CSV and the optional
-liked-artists JSON (dead-lettering every bad row with its reason), the stratified
-train/valid/test split of labelled users (stable hash, seeded), the TF-GNN
-``GraphSchema`` written beside the data, and rooted-subgraph sampling as Beam
-transforms (``SampleSubgraphs`` says why not TF-GNN's Beam sampler).
+liked-artists JSON (dead-lettering every bad row with its reason), the split of
+labelled users into train/valid/test (stratified by a stable hash of a seed, or
+given by ``--split-file``), the TF-GNN ``GraphSchema`` written beside the data,
+the friendship list of the whole graph (``graph/``: what Correct-and-Smooth and the
+network plot of the trainer propagate over), and rooted-subgraph sampling as
+Beam transforms (``SampleSubgraphs`` says why not TF-GNN's Beam sampler).
+
+A split file (``{"train": [ids], "valid": [ids], "test": [ids]}``, the layout
+users bring from PyG, DGL or a paper) is checked before the pipeline starts: an
+id listed twice (in one list or two) or an id that is not a non-negative integer
+is one error. An id of the file without a (valid) target row is a counted
+rejection in ``rejected/``; a labelled user in no list stays a node of the graph
+(a friend others see) but gets no example and no label hint, counted as
+``unassigned_users``. ``dataset.json`` records the file's sha256.
 
 Graph: node sets ``user`` and ``artist``; edge sets ``follows`` (user -> user,
 both directions of every friendship), ``likes`` (user -> artist) and ``liked_by``
@@ -15,7 +25,7 @@ user nodes carry ``label_hint``: the class of *train* users only, and
 
 ``run(argv)`` is the only place that reads or writes, every file through Beam
 ``FileSystems`` (``beam_pipelines.common``), so ``--edges``, ``--targets``,
-``--features`` and ``--output`` may all be gs:// paths.
+``--features``, ``--split-file`` and ``--output`` may all be gs:// paths.
 """
 from __future__ import annotations
 
@@ -39,7 +49,9 @@ from schemas.lastfm import (  # noqa: F401  (the graph's names live in the schem
 )
 
 SPLITS = ("train", "valid", "test")
-OUTPUT_NAMES = ("train", "valid", "test", "rejected", "dataset.json", SCHEMA_FILE)
+GRAPH_DIR = "graph"  # OUT/graph/follows-*.jsonl: every friendship once, ["a", "b"] with a < b
+OUTPUT_NAMES = ("train", "valid", "test", "rejected", GRAPH_DIR, "dataset.json", SCHEMA_FILE)
+DEFAULT_SPLIT = "0.8,0.1,0.1"
 DEFAULT_FANOUTS = {EDGE_FOLLOWS: (32, 8), EDGE_LIKES: (16, 4), EDGE_LIKED_BY: (0, 8)}
 
 
@@ -176,6 +188,52 @@ def stratified_split(users_by_label: dict[int, list[str]], fractions: Sequence[f
         for i, user in enumerate(ordered):
             assignment[user] = "train" if i < n_train else "valid" if i < n_train_valid else "test"
     return assignment
+
+
+def parse_split_file(path: str, text: str) -> dict[str, list[str]]:
+    """Reads a split file: ``{"train": [ids], "valid": [ids], "test": [ids]}``.
+
+    Ids may be JSON integers or strings of digits (``7`` and ``"07"`` are the same
+    user). Every list must be present (``[]`` is allowed for valid and test).
+
+    Returns:
+      split name -> canonical user ids, in the file's order.
+
+    Raises:
+      common.PipelineInputError: not JSON, other keys, a list missing or not a list,
+        an id that is not a non-negative integer, an id listed twice (in one list
+        or in two: the file cannot say which split it belongs to), or no train id.
+    """
+    def fail(reason: str) -> common.PipelineInputError:
+        return common.PipelineInputError(
+            f"--split-file {path}: {reason}; expected {{\"train\": [ids], \"valid\": [ids], \"test\": [ids]}}")
+
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise fail(f"not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    if not isinstance(payload, dict) or set(payload) != set(SPLITS):
+        keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise fail(f"has {keys}, not exactly the keys {list(SPLITS)}")
+    lists: dict[str, list[str]] = {}
+    first_seen: dict[str, tuple[str, int]] = {}
+    for split in SPLITS:
+        if not isinstance(payload[split], list):
+            raise fail(f"{split!r} is not a list")
+        lists[split] = []
+        for position, value in enumerate(payload[split], start=1):
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            user = _parse_id(str(value)) if is_int or isinstance(value, str) else None
+            if user is None:
+                raise fail(f"{split}[{position - 1}] = {json.dumps(value)} is not a non-negative integer id")
+            if user in first_seen:
+                where = first_seen[user]
+                raise fail(f"user {user} is listed twice: {where[0]}[{where[1] - 1}] and {split}[{position - 1}]")
+            first_seen[user] = (split, position)
+            lists[split].append(user)
+    if not lists["train"]:
+        raise fail("the train list is empty")
+    return lists
 
 
 def parse_fanouts(specs: Sequence[str], hops: int) -> dict[str, tuple[int, ...]]:
@@ -383,6 +441,50 @@ class AssignSplits(beam.PTransform):
         )
 
 
+class AssignGivenSplits(beam.PTransform):
+    """(user, label) -> (user, (split, label)) from a split file (``parse_split_file``).
+
+    Outputs a dict: ``splits`` (the labelled users the file lists), ``rejected``
+    (ids of the file that are not labelled users: no target row, or a rejected
+    one; ``line`` is the id's 1-based position in its list). Labelled users the
+    file does not list are counted (``unassigned_users``) and get no example.
+    """
+
+    def __init__(self, path: str, lists: dict[str, list[str]]):
+        super().__init__()
+        self._path, self._lists = path, lists
+
+    def expand(self, users):
+        assignment = {user: split for split, ids in self._lists.items() for user in ids}
+
+        def assign(user_label):
+            user, label = user_label
+            split = assignment.get(user)
+            if split is None:
+                common.counter("unassigned_users").inc()
+                return
+            common.counter(f"{split}_users").inc()
+            yield user, (split, label)
+
+        path = self._path
+        entries = [(split, position, user) for split in SPLITS
+                   for position, user in enumerate(self._lists[split], start=1)]
+
+        def check_listed(entry, known):
+            split, position, user = entry
+            if user not in known:
+                common.counter("split_file_unknown_ids").inc()
+                yield common.rejection(path, position, f"split file: {split} id has no target row (not a labelled user)",
+                                       json.dumps({split: user}))
+
+        return {
+            "splits": users | "AssignListed" >> beam.FlatMap(assign),
+            "rejected": (users.pipeline
+                         | "ListSplitFileIds" >> beam.Create(entries)
+                         | "CheckListed" >> beam.FlatMap(check_listed, beam.pvalue.AsDict(users))),
+        }
+
+
 def sample_subgraph(
     root: str,
     adjacency: dict[str, dict[str, Sequence[str]]],
@@ -546,8 +648,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--targets", required=True, help="targets CSV (id,target) file or glob")
     parser.add_argument("--features", help="liked-artists JSON {user_id: [artist ids]} (optional)")
     parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default=None, help=f"train,valid,test fractions (default {DEFAULT_SPLIT})")
+    parser.add_argument("--split-file", help='JSON {"train": [ids], "valid": [ids], "test": [ids]} instead of '
+                        "--split: the split of PyG, DGL or a paper (local or gs://)")
+    parser.add_argument("--seed", type=int, default=0, help="split (without --split-file) and sampling seed")
     parser.add_argument("--num-classes", type=int, default=18)
     parser.add_argument("--hops", type=int, default=2)
     parser.add_argument("--fanout", action="append", default=[], help="EDGE_SET=N1,N2 per hop (repeatable)")
@@ -559,6 +663,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 
 def _validate(args: argparse.Namespace) -> tuple[float, float, float]:
+    if args.split_file and args.split is not None:
+        raise common.PipelineInputError("--split and --split-file exclude each other: the file says where every user goes")
+    args.split = DEFAULT_SPLIT if args.split is None else args.split
     try:
         fractions = tuple(float(f) for f in args.split.split(","))
     except ValueError:
@@ -587,6 +694,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     targets = common.check_text_files(common.match_files(args.targets, "--targets"), "--targets")
     features = (common.check_text_files(common.match_files(args.features, "--features"), "--features")
                 if args.features else [])
+    split_file = _read_split_file(args.split_file) if args.split_file else None
     # The TF-GNN sampler resolves relative artifact paths against its own cwd.
     output = args.output if "://" in args.output else os.path.abspath(args.output)
     common.prepare_output(output, OUTPUT_NAMES)
@@ -598,8 +706,20 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     graph = pipeline | "ReadGraph" >> ReadGraph(edges, targets, features, args.num_classes)
-    graph["splits"] = graph["users"] | "AssignSplits" >> AssignSplits(fractions, args.seed)
-    _ = graph["friendships"] | "CountFriendships" >> beam.Map(_counted, "follows_pairs")
+    rejected = graph["rejected"]
+    if split_file is None:
+        graph["splits"] = graph["users"] | "AssignSplits" >> AssignSplits(fractions, args.seed)
+    else:
+        given = graph["users"] | "AssignGivenSplits" >> AssignGivenSplits(split_file["path"], split_file["lists"])
+        graph["splits"] = given["splits"]
+        rejected = (rejected, given["rejected"]) | "WithSplitFileRejects" >> beam.Flatten()
+    _ = (
+        graph["friendships"]
+        | "CountFriendships" >> beam.Map(_counted, "follows_pairs")
+        | "EncodeFollows" >> beam.MapTuple(lambda a, b: json.dumps([a, b]).encode("utf-8"))
+        | "WriteFollows" >> common.WriteDeterministicShards(common.join_path(output, GRAPH_DIR, EDGE_FOLLOWS), 1,
+                                                           kind="jsonl")
+    )
     examples = graph | "SampleSubgraphs" >> SampleSubgraphs(fanouts, args.seed, label_hints, args.num_classes)
     for split in SPLITS:
         _ = (
@@ -610,7 +730,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
             >> common.WriteDeterministicShards(common.join_path(output, split, "part"), args.num_shards)
         )
     _ = (
-        graph["rejected"]
+        rejected
         | "EncodeRejected" >> beam.Map(common.encode_json_line)
         | "WriteRejected" >> common.WriteDeterministicShards(common.join_path(output, "rejected", "part"), 1, kind="jsonl")
     )
@@ -619,9 +739,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     from google.protobuf import text_format
 
     common.write_text(common.join_path(output, SCHEMA_FILE), text_format.MessageToString(schema))
-    summary = summarize(args, fractions, fanouts, edges, targets, features, counts, label_hints, time.time() - started)
+    summary = summarize(args, fractions, fanouts, edges, targets, features, counts, label_hints, time.time() - started,
+                        split_file=split_file)
     if not summary["accounting"]["balanced"]:
         raise common.PipelineInputError(f"rows do not add up: {json.dumps(summary['accounting'])}")
+    if split_file is not None and summary["counts"]["users"]["train"] == 0:
+        first = common.first_rejections(output, limit=3, keep=lambda r: r["source"] == split_file["path"])
+        raise common.PipelineInputError(
+            f"--split-file {split_file['path']}: none of its train ids is a labelled user of --targets "
+            f"(first: {', '.join(r['text'] for r in first)}); is it the split of this graph?")
     _require_usable_rows(args, summary, output)  # before the reject share: it names the input that is empty
     if summary["rejected_fraction"] > args.max_rejected_fraction:
         examples_text = "; ".join(
@@ -633,6 +759,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         )
     common.commit_marker(output, summary)
     return summary
+
+
+def _read_split_file(pattern: str) -> dict[str, Any]:
+    """``{"path", "sha256", "lists"}`` of the one file ``--split-file`` names (see ``parse_split_file``)."""
+    paths = common.match_files(pattern, "--split-file")
+    if len(paths) != 1:
+        raise common.PipelineInputError(f"--split-file {pattern!r} matches {len(paths)} files; give one file")
+    path = paths[0]
+    return {"path": path, "sha256": common.sha256_of(path), "lists": parse_split_file(path, common.read_text_file(path))}
 
 
 def _require_usable_rows(args: argparse.Namespace, summary: dict[str, Any], output: str) -> None:
@@ -655,12 +790,15 @@ def _require_usable_rows(args: argparse.Namespace, summary: dict[str, Any], outp
             "dangling": g(f"{kind}_dangling"), "unlabelled": g(f"{kind}_unlabelled")})
 
 
-def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, int], label_hints: bool, seconds: float):
+def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, int], label_hints: bool, seconds: float,
+              *, split_file: dict[str, Any] | None = None):
     """Builds ``dataset.json``; ``accounting`` proves every input row ended in one place."""
     g = lambda name: c.get(name, 0)  # noqa: E731
     users = {s: g(f"{s}_users") for s in SPLITS}
     examples = {s: g(f"{s}_examples") for s in SPLITS}
-    target_rows = g("target_header_lines") + g("target_blank_lines") + g("target_rejected") + g("target_duplicates") + sum(users.values())
+    target_rows = (g("target_header_lines") + g("target_blank_lines") + g("target_rejected") + g("target_duplicates")
+                   + sum(users.values()) + g("unassigned_users"))
+    split_ids = sum(len(ids) for ids in split_file["lists"].values()) if split_file else 0
     edge_rows = (
         g("edge_header_lines") + g("edge_blank_lines") + g("edge_rejected") + g("edge_dangling")
         + g("edge_duplicates") + g("follows_pairs")
@@ -670,11 +808,13 @@ def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, i
         + g("likes_users")
     )
     rejected = sum(g(n) for n in ("target_rejected", "target_duplicates", "edge_rejected", "edge_dangling",
-                                  "edge_duplicates", "features_rejected", "features_unlabelled", "features_duplicates"))
-    read = g("target_lines_read") + g("edge_lines_read") + g("features_entries_read")
+                                  "edge_duplicates", "features_rejected", "features_unlabelled", "features_duplicates",
+                                  "split_file_unknown_ids"))
+    read = g("target_lines_read") + g("edge_lines_read") + g("features_entries_read") + split_ids
     checks = {
         "targets": {"read": g("target_lines_read"), "accounted": target_rows,
-                    "rule": "header + blank + rejected + duplicates + train/valid/test users"},
+                    "rule": "header + blank + rejected + duplicates + train/valid/test users + unassigned users "
+                            "(labelled, in no list of --split-file)"},
         "edges": {"read": g("edge_lines_read"), "accounted": edge_rows,
                   "rule": "header + blank + rejected(malformed, self) + dangling + duplicates + friendships"},
         "features": {"read": g("features_entries_read"), "accounted": feature_rows,
@@ -682,6 +822,14 @@ def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, i
         "examples": {"read": sum(users.values()), "accounted": sum(examples.values()),
                      "rule": "one sampled subgraph per labelled user"},
     }
+    if split_file:
+        checks["split_file"] = {"read": split_ids, "accounted": sum(users.values()) + g("split_file_unknown_ids"),
+                                "rule": "ids listed = train/valid/test users + ids without a target row (rejected)"}
+        split = {"protocol": "file", "path": split_file["path"], "sha256": split_file["sha256"],
+                 "listed": {s: len(ids) for s, ids in split_file["lists"].items()},
+                 "unknown_ids": g("split_file_unknown_ids"), "unassigned_users": g("unassigned_users")}
+    else:
+        split = {"protocol": "stratified", "fractions": list(fractions), "seed": args.seed}
     return {
         "dataset": "lastfm",
         "schema": "lastfm",
@@ -691,7 +839,9 @@ def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, i
             for side, paths in (("edges", edges), ("targets", targets), ("features", features))
             for p in paths
         ],
-        "split": {"protocol": "stratified", "fractions": list(fractions), "seed": args.seed},
+        "split": split,
+        "graph": {EDGE_FOLLOWS: {"pairs": g("follows_pairs"),
+                                 "files": [common.shard_path(f"{GRAPH_DIR}/{EDGE_FOLLOWS}", 0, 1, ".jsonl")]}},
         "sampling": {"sampler": "beam_pipelines.lastfm.sample_subgraph", "seed_node_set": NODE_USER,
                      "hops": args.hops, "fanouts": {k: list(v) for k, v in fanouts.items()},
                      "strategy": "RANDOM_UNIFORM"},
@@ -701,6 +851,7 @@ def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, i
             "users": users, "examples": examples,
             "follows_pairs": g("follows_pairs"), "follows_edges": 2 * g("follows_pairs"),
             "likes_edges": g("likes_edges"), "users_with_likes": g("likes_users"),
+            "unassigned_users": g("unassigned_users"),
             "rejected_rows": rejected, "rows_read": read,
             "detail": {k: v for k, v in sorted(c.items())},
         },
@@ -713,8 +864,9 @@ def summarize(args, fractions, fanouts, edges, targets, features, c: dict[str, i
 
 def _describe(summary: dict[str, Any]) -> str:
     c = summary["counts"]
+    unassigned = f" ({c['unassigned_users']} labelled users in no list of the split file)" if c["unassigned_users"] else ""
     return (
-        f"users train/valid/test {c['users']['train']}/{c['users']['valid']}/{c['users']['test']}, "
+        f"users train/valid/test {c['users']['train']}/{c['users']['valid']}/{c['users']['test']}{unassigned}, "
         f"{c['follows_pairs']} friendships, {c['likes_edges']} likes, {c['rejected_rows']} rejected; "
         f"{summary['pipeline_seconds']} s"
     )

@@ -62,6 +62,11 @@ class InputFileError(PipelineInputError):
     """
 
 
+def worker_input_error(message: str) -> InputFileError:
+    """A bad-input error raised inside a worker that names no one file (``run_pipeline`` prints ``message``)."""
+    return InputFileError(f"{INPUT_ERROR_MARKER}{message}")
+
+
 def input_file_error(path: str, reason: str, todo: str, flag: str = "") -> InputFileError:
     """``InputFileError`` saying which file (and flag), what is wrong with it and what to do."""
     return InputFileError(f"{INPUT_ERROR_MARKER}{flag + ' ' if flag else ''}{path}: {reason}; {todo}")

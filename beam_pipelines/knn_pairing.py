@@ -473,6 +473,11 @@ class _BuildIndex(beam.DoFn):
         self._ms = common.count("pairing_index_ms")
 
     def process(self, chunks: list, playlist_table, num_tracks: int):
+        if not any(len(UserChunk._make(c).user_index) for c in chunks):
+            # Every playlist row was a header, blank or rejected: the input's problem, one line (not a crash).
+            raise common.worker_input_error(
+                "--input: no usable playlist (every row was a header, blank or rejected); check that the files "
+                "are Pichl playlist CSV or MPD JSON slices and --format")
         started = time.perf_counter()
         index = build_index(map(UserChunk._make, chunks), playlist_table, num_tracks, self._block_size)
         self._ms(int(1000 * (time.perf_counter() - started)))

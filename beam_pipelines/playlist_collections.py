@@ -40,7 +40,6 @@ import zlib
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from beam_pipelines import common
@@ -481,8 +480,9 @@ class _ReadMpdFiles(beam.DoFn):
 
     def process(self, path: str):
         self._count["files_read"]()
-        with FileSystems.open(path) as handle:
-            content = handle.read().decode("utf-8", "replace").lstrip("\ufeff")
+        # Strict UTF-8 and a checked decompression (common.read_text_file): a damaged or
+        # mis-encoded slice fails the run as one line instead of losing or changing entries.
+        content = common.read_text_file(path)
         try:
             entries = parse_mpd_document(content)
         except RowError as error:

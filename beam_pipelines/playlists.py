@@ -432,7 +432,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--num-candidates", type=int, default=75)
     parser.add_argument("--pairing-block-size", type=int, default=0, help="users per scored block (0: automatic)")
     parser.add_argument("--max-rejected-fraction", type=float, default=0.05)
-    return parser.parse_known_args(argv)
+    return common.parse_pipeline_args(parser, argv)  # a misspelt flag is an error, not a silent Beam option
 
 
 def _check_header(path: str, side: str, expected: Sequence[str]) -> None:
@@ -451,7 +451,8 @@ def resolve_inputs(args: argparse.Namespace) -> dict[str, list[str]]:
     Raises:
       common.PipelineInputError: no file, or a header with other columns.
     """
-    files = sorted({p for pattern in args.input for p in common.match_files(pattern, "--input")})
+    files = sorted({p for pattern in args.input for p in common.check_text_files(common.match_files(pattern, "--input"),
+                                                                                   "--input")})
     found: dict[str, list[str]] = {"pichl": [], "mpd": [], "interactions": []}
     for path in files:
         fmt = args.format if args.format != "auto" else pc.detect_format(path, (common.first_lines(path, 1) or [""])[0])
@@ -459,7 +460,8 @@ def resolve_inputs(args: argparse.Namespace) -> dict[str, list[str]]:
             _check_header(path, "Pichl playlists CSV", pc.PICHL_COLUMNS)
         found[fmt].append(path)
     if args.interactions:
-        found["interactions"] = common.match_files(args.interactions, "--interactions")
+        found["interactions"] = common.check_text_files(common.match_files(args.interactions, "--interactions"),
+                                                        "--interactions")
         for path in found["interactions"]:
             _check_header(path, "interactions CSV", pc.INTERACTION_COLUMNS)
     return found
@@ -534,28 +536,48 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     inputs = resolve_inputs(args)
     if not inputs["pichl"] and not inputs["mpd"]:
         raise common.PipelineInputError("--input matches only interactions-like files; no playlists to read")
-    common.clear_outputs(args.output, OUTPUT_NAMES)
+    common.prepare_output(args.output, OUTPUT_NAMES)
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, inputs, args.output, args, config)
-    result = pipeline.run()
-    result.wait_until_finish()
+    result = common.run_pipeline(pipeline, args.output)
     counts = common.read_counters(result)
     report = common.read_json(common.join_path(args.output, S.PAIRING_DIR, S.PAIRING_REPORT))
     summary = summarize(args, inputs, counts, report, time.time() - started)
     if not summary["accounting"]["balanced"]:
         unbalanced = {k: v for k, v in summary["accounting"]["checks"].items() if v["read"] != v["accounted"]}
         raise common.PipelineInputError(f"rows do not add up: {json.dumps(unbalanced)}; outputs are incomplete")
+    _require_usable_rows(args, inputs, counts)
     if summary["rejected_fraction"] > args.max_rejected_fraction:
         first = "; ".join(f"{os.path.basename(r['source'])}:{r['line']}: {r['reason']}"
                           for r in common.first_rejections(args.output, keep=lambda r: not r["reason"].startswith("duplicate")))
         raise common.PipelineInputError(
             f"{summary['rejected_fraction']:.1%} of rows rejected (> --max-rejected-fraction "
             f"{args.max_rejected_fraction}); first: {first}; all in {common.join_path(args.output, 'rejected')}")
-    common.write_json(common.join_path(args.output, "dataset.json"), summary)
+    common.commit_marker(args.output, summary)
     return summary
+
+
+def _require_usable_rows(args: argparse.Namespace, inputs: dict[str, list[str]], c: dict[str, int]) -> None:
+    """The playlist inputs gave at least one playlist, and ``--interactions`` (when given) one follow."""
+    g = lambda name: c.get(name, 0)  # noqa: E731
+    common.require_usable(
+        flag="--input", source=" ".join(args.input), used=g("playlists"), output=args.output,
+        files=inputs["pichl"] + inputs["mpd"], what="playlist", breakdown={
+            "CSV lines read": g("pichl_lines_read"), "header lines": g("pichl_header_lines"),
+            "blank lines": g("pichl_blank_lines"), "rejected lines": g("pichl_rejected"),
+            "MPD files read": g("mpd_files_read"), "MPD files rejected": g("mpd_files_rejected"),
+            "MPD playlists rejected": g("mpd_playlists_rejected")})
+    if args.interactions:
+        common.require_usable(
+            flag="--interactions", source=args.interactions, used=g("interactions_used"), output=args.output,
+            files=inputs["interactions"], what="follow", breakdown={
+                "lines read": g("interactions_lines_read"), "header lines": g("interactions_header_lines"),
+                "blank lines": g("interactions_blank_lines"), "rejected": g("interactions_rejected"),
+                "unknown playlist": g("interactions_unknown_playlist"),
+                "own playlist": g("interactions_own_playlist"), "duplicates": g("interactions_duplicates")})
 
 
 def _files(name: str, num_shards: int) -> list[str]:

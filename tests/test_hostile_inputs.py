@@ -13,6 +13,7 @@ MovieLens run.
 from __future__ import annotations
 
 import bz2
+import json
 import gzip
 import io
 import random
@@ -184,3 +185,32 @@ def test_known_failure_finds_the_input_error_in_what_a_runner_reports():
     assert common.known_failure(reported) == "gs://b/u.data.gz: cannot be read past line 7 (EOFError: x); fetch it again"
     assert "No space left on device" in common.known_failure(OSError("[Errno 28] No space left on device"), "/o")
     assert common.known_failure(ValueError("a bug")) is None
+
+
+# --------------------------------------------------------------------------- playlists
+def test_playlist_inputs_damaged_or_without_a_usable_row(tmp_path, capsys):
+    from beam_pipelines import playlists
+
+    csv_rows = "user_id,artistname,trackname,playlistname\n" + "".join(
+        f"u{u},a{t % 5},t{t},list{p}\n" for u in range(8) for p in range(3) for t in range(u, u + 4))
+    slice_ = json.dumps({"playlists": [{"pid": p, "name": f"n{p}", "tracks": [{"track_uri": f"t:{t}"} for t in range(3)]}
+                                       for p in range(3000)]}).encode()
+    cases = {
+        "playlists.csv": (random.Random(4).randbytes(3000), "--input {p}: is binary data"),
+        "mpd.slice.json.gz": (gzip.compress(slice_, mtime=0)[:-100], "{p}: cannot be read past line"),
+        "latin1.slice.json": ('{"playlists": [{"pid": 1, "name": "caf\u00e9", "tracks": []}]}'.encode("latin-1"),
+                              "{p}: is not UTF-8 text (byte 0xe9"),
+        "header.csv": (b"user_id,artistname,trackname,playlistname\n\n", "--input: no usable playlist"),
+    }
+    for name, (content, expected) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        line = _errors(playlists, ["--input", str(path), "--output", str(tmp_path / "out"), "--num-shards", "1"],
+                       capsys, "playlists")
+        assert expected.format(p=path) in line, line
+        assert not (tmp_path / "out" / "dataset.json").exists()
+    (tmp_path / "good.csv").write_text(csv_rows)
+    (tmp_path / "follows.csv").write_text("user_id,playlist_id\n")
+    line = _errors(playlists, ["--input", str(tmp_path / "good.csv"), "--interactions", str(tmp_path / "follows.csv"),
+                               "--output", str(tmp_path / "out"), "--num-shards", "1"], capsys, "playlists")
+    assert f"--interactions {tmp_path / 'follows.csv'}: no usable follow (1 lines read, 1 header lines)" in line

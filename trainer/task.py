@@ -48,7 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run N local processes (1 chief + N-1 workers on 127.0.0.1) via trainer.launch_local; needs >= N shards",
     )
     parser.add_argument("--track", default=None, metavar="NAME",
-                        help="also log the run to an experiment tracker (trainer.tracking: e.g. mlflow, vertex)")
+                        help="also log the run to experiment tracker(s) (trainer.tracking): mlflow (MLFLOW_TRACKING_URI), "
+                             "vertex (Vertex AI Experiments), or mlflow,vertex")
     parser.add_argument(
         "--hypertune-metric", default=None, metavar="NAME",
         help="report valid metric NAME (e.g. rmse) for Vertex AI tuning; default $CLOUD_ML_HP_METRIC_TAG when set",
@@ -169,9 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         tracker = tracking.make_tracker(args.track)
-        result = experiment.run(config=config, data_dir=args.data, job=args.job_dir,
-                                hypertune_metric=hypertune_metric, tracker=tracker)
-    except (config_lib.ConfigError, data.DataError, experiment.TrainingError) as error:
+        with tracking.closing(tracker):
+            result = experiment.run(config=config, data_dir=args.data, job=args.job_dir,
+                                    hypertune_metric=hypertune_metric, tracker=tracker)
+    except (config_lib.ConfigError, data.DataError, experiment.TrainingError, tracking.TrackingError) as error:
         print(f"trainer: error: {error}", file=sys.stderr)
         return 2
     for line in summary_lines(result):

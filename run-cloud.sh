@@ -24,7 +24,7 @@ subcommands:
   preprocess  run a Beam pipeline on Dataflow
   build-image build the training (or, --serving, the serving) container with Cloud Build and push it
   train       train on Vertex AI (CustomJob: 1 chief + N-1 workers), or --local: the same here
-  tune        hyperparameter tuning on Vertex AI (HyperparameterTuningJob)
+  tune        hyperparameter tuning on Vertex AI (HyperparameterTuningJob), or --local: an Optuna study here
   deploy      upload a job's SavedModel as a Vertex Model and deploy it to an endpoint
   predict     send raw (user_id, item_id) instances to an endpoint
   cleanup     delete the endpoints, models and jobs this project created (label app=recsys-pipelines)
@@ -254,7 +254,9 @@ EOF
     tune) cat <<'EOF'
 usage: ./run-cloud.sh tune CONFIG [--study TUNE_YAML] [--data GCS_DIR|NAME] [--dataset DATASET] [--workers N]
                        [--machine-type T] [--accelerator A] [--timeout DURATION] [--set KEY=VALUE ...]
-                       [--name NAME] [--container-image URI | --python-package] [--dry-run]
+                       [--name NAME] [--container-image URI | --python-package] [--track NAME] [--dry-run]
+       ./run-cloud.sh tune CONFIG --local --data DIR [--study TUNE_YAML] [--trials N] [--parallel K]
+                       [--study-dir DIR] [--set KEY=VALUE ...] [--track NAME] [--no-final] [--dry-run]
 
 Submits a Vertex AI HyperparameterTuningJob: each trial is the train job above
 (same two modes, data resolution, scheduling, TensorBoard and flags: see
@@ -264,14 +266,30 @@ Every trial writes to its own directory, gs://BUCKET/jobs/NAME/trials/<trial id>
 the trial spec's base_output_directory is gs://BUCKET/jobs/NAME/trials, so
 Vertex sets AIP_MODEL_DIR=.../trials/<trial id>/model/ (and checkpoints/,
 logs/), and the trainer, given --job-dir gs://BUCKET/jobs/NAME, writes the rest
-under trials/$CLOUD_ML_TRIAL_ID/. The dry run prints where trial outputs go.
+under trials/$CLOUD_ML_TRIAL_ID/. The dry run prints every trial's directory.
 The search space (metric, algorithm, trial counts, parameters of type double,
-integer, discrete or categorical) comes from TUNE_YAML (default
-configs/movielens_mf_tune.yaml; format: cloud/search_space.py), not from the
-trainer config. The metric must be one the trainer reports on the valid split
-for CONFIG's model: rmse, mae (rating); hr@10, ndcg@10, mrr, hit@1, hit@5
-(ranking); accuracy, macro_f1 (hetero_gnn). The trainer reports it with
---hypertune-metric (cloudml-hypertune file).
+integer, discrete or categorical) comes from TUNE_YAML (default CONFIG_tune.yaml
+beside CONFIG, e.g. configs/movielens_mf_tune.yaml; format: cloud/search_space.py),
+not from the trainer config. The metric must be one the trainer reports on the
+valid split for CONFIG's model (trainer.tasks.METRICS: rmse, mae for rating
+models; hr@K, ndcg@K, mrr for ranking; accuracy, macro_f1 for the GNN; ...). The
+trainer reports it after every epoch with --hypertune-metric (cloudml-hypertune
+file), and unless CONFIG or --set names train.monitor it also chooses each
+trial's epoch. --track vertex logs every trial to Vertex AI Experiments
+(VERTEX_EXPERIMENT, default recsys-pipelines; per-epoch curves in the settings'
+tensorboard), --track mlflow to the MLflow server of MLFLOW_TRACKING_URI.
+
+--local runs the same space on this machine (python -m workflows.tune): an
+Optuna study (TPE for Vertex's default algorithm, random or grid search as
+named) in --study-dir (default runs/tune/<config name>; SQLite study.db, so the
+same command resumes a killed study), every trial the one experiment in
+STUDY/trials/<n>/, bad trials pruned by the median rule on their per-epoch
+valid value; then results.csv, plots/objective.png, best.yaml (the best
+trial's config) and a final run of it in STUDY/final/ that reports test
+(unless --no-final), and summary.json. Needs no gcloud, credentials or settings.
+
+  --trials N       trials in all (default: the space's max_trial_count)
+  --parallel K     K trials at once, each in its own process (default 1)
 EOF
       ;;
     deploy) cat <<'EOF'
@@ -330,7 +348,7 @@ cmd_cloud() {
     case "$arg" in
       -h|--help) cloud_help "$sub"; return 0 ;;
       --dry-run) need_gcloud=0 ;;
-      --local) if [[ "$sub" == train ]]; then need_gcloud=0; fi ;;  # train --local runs here
+      --local) if [[ "$sub" == train || "$sub" == tune ]]; then need_gcloud=0; fi ;;  # runs here
       --) break ;;
     esac
   done

@@ -343,7 +343,7 @@ def custom_job_spec(
     settings: Mapping[str, Any], *, args: Sequence[str], workers: int, base_output_dir: str,
     package_uri: str | None = None, container_image: str | None = None,
     machine_type: str | None = None, accelerator: str | None = None, accelerator_count: int | None = None,
-    timeout: str | None = None,
+    timeout: str | None = None, env: Mapping[str, str] | None = None,
 ):
     """Pool 0: the chief (1 replica); pool 1: ``workers - 1`` workers; same program and args.
 
@@ -355,19 +355,21 @@ def custom_job_spec(
     pools ``chief`` and ``worker`` (the layout trainer.distribute expects).
     ``scheduling`` restarts the whole job when a worker restarts and bounds it by a timeout;
     ``tensorboard`` (when set in the settings) streams ``AIP_TENSORBOARD_LOG_DIR`` to Vertex AI
-    TensorBoard and needs ``service_account``.
+    TensorBoard and needs ``service_account``. ``env``: environment variables of every task
+    (the experiment tracker's settings, see ``tracking_env``).
     """
     from google.cloud import aiplatform_v1 as aip
 
     if workers < 1:
         raise CloudError("--workers must be >= 1")
+    variables = [aip.EnvVar(name=k, value=v) for k, v in (env or {}).items()]
     if container_image:
-        program = {"container_spec": aip.ContainerSpec(image_uri=container_image, args=list(args))}
+        program = {"container_spec": aip.ContainerSpec(image_uri=container_image, args=list(args), env=variables)}
     elif package_uri:
         require(settings, "images.train")
         program = {"python_package_spec": aip.PythonPackageSpec(
             executor_image_uri=settings["images"]["train"], package_uris=[package_uri],
-            python_module=TRAINER_MODULE, args=list(args),
+            python_module=TRAINER_MODULE, args=list(args), env=variables,
         )}
     else:
         raise CloudError("custom_job_spec needs container_image or package_uri")
@@ -433,6 +435,47 @@ def trials_dir(job_dir: str) -> str:
     ``--job-dir JOB``, writes the rest under ``JOB/trials/$CLOUD_ML_TRIAL_ID/``.
     """
     return f"{job_dir.rstrip('/')}/trials"
+
+
+def trial_dirs(job_dir: str, count: int) -> list[str]:
+    """Each trial's output directory, ``JOB/trials/<id>/``, for Vertex's trial ids 1..count."""
+    return [f"{trials_dir(job_dir)}/{trial}/" for trial in range(1, count + 1)]
+
+
+def tracking_env(settings: Mapping[str, Any], track: str | None,
+                 environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a job's trainer needs for ``--track`` (``trainer.tracking``).
+
+    ``vertex``: the project and region of the settings and ``VERTEX_EXPERIMENT`` (default
+    ``recsys-pipelines``), plus the settings' ``tensorboard`` (the experiment's backing TensorBoard,
+    where the per-epoch curves go). ``mlflow``: ``MLFLOW_TRACKING_URI`` (and
+    ``MLFLOW_EXPERIMENT_NAME``) as set here, which must be a server the job can reach.
+    """
+    from trainer import config as config_lib
+    from trainer import tracking
+
+    environ = os.environ if environ is None else environ
+    try:
+        tracking.check_name(track)
+    except config_lib.ConfigError as error:
+        raise CloudError(str(error)) from None
+    names = tracking.names(track)
+    env: dict[str, str] = {}
+    if "vertex" in names:
+        env.update(GCP_PROJECT=str(settings["project"]), GCP_REGION=str(settings["region"]),
+                   VERTEX_EXPERIMENT=environ.get("VERTEX_EXPERIMENT") or "recsys-pipelines")
+        board = tensorboard_name(settings)
+        if board:
+            env["VERTEX_TENSORBOARD"] = board
+    if "mlflow" in names:
+        uri = environ.get("MLFLOW_TRACKING_URI", "")
+        if not uri.startswith(("http://", "https://")) or re.match(r"https?://(127\.|localhost)", uri):
+            raise CloudError("--track mlflow in a Vertex AI job needs MLFLOW_TRACKING_URI set to an http(s) MLflow "
+                             f"server the job can reach (got {uri or 'nothing'})")
+        env["MLFLOW_TRACKING_URI"] = uri
+        if environ.get("MLFLOW_EXPERIMENT_NAME"):
+            env["MLFLOW_EXPERIMENT_NAME"] = environ["MLFLOW_EXPERIMENT_NAME"]
+    return env
 
 
 def tuning_job(settings: Mapping[str, Any], display_name: str, space: Mapping[str, Any], **spec_kwargs):
@@ -624,7 +667,7 @@ def build_sdist(dist_dir: str) -> str:
 # --- train --local: the container's entry point and args on this machine ------------------------
 
 def local_run_plan(config: str, data: str, job_dir: str, sets: Sequence[str] = (), workers: int = 1,
-                   python: str | None = None) -> dict[str, Any]:
+                   python: str | None = None, extra: Sequence[str] = ()) -> dict[str, Any]:
     """What ``train --local`` runs: the Vertex job's program, args and environment, locally.
 
     The args are ``trainer_args`` exactly as in the CustomJob's ``containerSpec.args``, with
@@ -643,7 +686,7 @@ def local_run_plan(config: str, data: str, job_dir: str, sets: Sequence[str] = (
     command = [python or sys.executable, "-m", TRAINER_MODULE]
     if workers > 1:
         command += ["--local-workers", str(workers)]
-    command += trainer_args(config_copy, data, job_dir.rstrip("/"), sets)
+    command += trainer_args(config_copy, data, job_dir.rstrip("/"), sets, extra)
     return {"command": command, "env": {**CONTAINER_ENV, **vertex_output_env(job_dir)}, "cwd": str(REPO),
             "copy_config": [str(config), config_copy]}
 
@@ -660,7 +703,8 @@ def _local_run(args) -> int:
         raise CloudError(f"--local runs the trainer on this machine: {', '.join(cloud_only)} do(es) not apply")
     if not Path(args.config).exists():
         raise CloudError(f"trainer config {args.config} does not exist")
-    plan = local_run_plan(args.config, args.data, args.job_dir, args.set, args.workers)
+    plan = local_run_plan(args.config, args.data, args.job_dir, args.set, args.workers,
+                          extra=["--track", args.track] if args.track else [])
     env_words = " ".join(f"{k}={shlex.quote(v)}" for k, v in plan["env"].items())
     if args.dry_run:
         _info(f"would copy {plan['copy_config'][0]} -> {plan['copy_config'][1]}")
@@ -677,6 +721,46 @@ def _local_run(args) -> int:
     env.update(plan["env"])
     _info(f"running in {plan['cwd']}: {env_words} {shlex.join(plan['command'])}")
     return subprocess.run(plan["command"], cwd=plan["cwd"], env=env).returncode
+
+
+# --- tune --local: the same search space, studied on this machine -------------------------------
+
+LOCAL_TUNE_FLAGS = ("--trials", "--parallel", "--study-dir", "--no-final")
+
+
+def local_tune_command(args, python: str | None = None) -> list[str]:
+    """``python -m workflows.tune`` with the tune command's config, space, data and overrides."""
+    command = [python or sys.executable, "-m", "workflows.tune", "--config", args.config, "--data", args.data]
+    if args.study:
+        command += ["--study", args.study]
+    for flag, value in (("--study-dir", args.study_dir), ("--trials", args.trials), ("--parallel", args.parallel),
+                        ("--track", args.track)):
+        if value is not None:
+            command += [flag, str(value)]
+    for item in args.set:
+        command += ["--set", item]
+    if args.no_final:
+        command.append("--no-final")
+    if args.dry_run:
+        command.append("--dry-run")
+    return command
+
+
+def _local_tune(args) -> int:
+    if not args.data:
+        raise CloudError("tune --local needs --data DIR (a local pipeline output with a valid split)")
+    cloud_only = [flag for flag, value in (
+        ("--container-image", args.container_image), ("--python-package", args.python_package),
+        ("--machine-type", args.machine_type), ("--accelerator", args.accelerator),
+        ("--accelerator-count", args.accelerator_count), ("--timeout", args.timeout), ("--dataset", args.dataset),
+        ("--name", args.name), ("--workers", args.workers != 1),
+    ) if value]
+    if cloud_only:
+        raise CloudError(f"--local runs the study on this machine: {', '.join(cloud_only)} do(es) not apply "
+                         "(--parallel K runs K trials at once)")
+    command = local_tune_command(args)
+    _info(f"running in {REPO}: {shlex.join(command)}")
+    return subprocess.run(command, cwd=REPO).returncode
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -742,12 +826,21 @@ def make_parser() -> argparse.ArgumentParser:
                            "settings (default container); --container-image / --python-package override it.")
         _training_options(p)
         if name == "tune":
-            p.add_argument("--study", default=str(REPO / "configs" / "movielens_mf_tune.yaml"),
-                           help="search space YAML (format: cloud/search_space.py)")
+            p.add_argument("--study", help="search space YAML (format: cloud/search_space.py; default: "
+                                           "CONFIG_tune.yaml beside CONFIG, e.g. configs/movielens_mf_tune.yaml)")
+            p.add_argument("--local", action="store_true",
+                           help="run the study on this machine with Optuna (workflows.tune; needs --data DIR)")
+            p.add_argument("--trials", type=int, help="with --local: trials in all (default: the space's max_trial_count)")
+            p.add_argument("--parallel", type=int, help="with --local: trials at once, each a process (default 1)")
+            p.add_argument("--study-dir", help="with --local: where the study lives (default runs/tune/<config name>)")
+            p.add_argument("--no-final", action="store_true", help="with --local: no final run of the best config")
         else:
             p.add_argument("--local", action="store_true",
                            help="run the job's entry point and args on this machine (needs --data DIR --job-dir DIR)")
             p.add_argument("--job-dir", help="with --local: where the job writes (stands for gs://BUCKET/jobs/NAME)")
+        p.add_argument("--track", metavar="NAME",
+                       help="log to experiment tracker(s): vertex (Vertex AI Experiments: VERTEX_EXPERIMENT, "
+                            "the settings' tensorboard), mlflow (MLFLOW_TRACKING_URI), or mlflow,vertex")
         _common(p)
 
     p = sub.add_parser("deploy", help="upload a SavedModel as a Vertex Model and deploy it to an endpoint")
@@ -777,9 +870,31 @@ def _job_name(args) -> str:
     return args.name or f"{Path(args.config).stem}-{timestamp()}".replace("_", "-").lower()
 
 
-def _training_request(args, settings):
+def _checked_space(args) -> dict[str, Any]:
+    """The tune command's search space (``--study``, default CONFIG_tune.yaml), its metric checked for CONFIG's model."""
     from cloud import search_space
 
+    path = args.study or str(Path(args.config).with_name(f"{Path(args.config).stem}_tune.yaml"))
+    try:
+        space = search_space.load_search_space(path)
+        search_space.check_metric(space, search_space.config_model(args.config, args.set))
+    except search_space.SearchSpaceError as error:
+        hint = "" if args.study else " (pass --study TUNE_YAML)"
+        raise CloudError(f"{error}{hint}") from None
+    return space
+
+
+def _config_monitor(config: str, sets: Sequence[str]) -> str | None:
+    """``train.monitor`` of the trainer config with ``--set`` (None: the task's default)."""
+    from trainer import config as config_lib
+
+    try:
+        return config_lib.resolve(config, list(sets))["train"]["monitor"]
+    except config_lib.ConfigError as error:
+        raise CloudError(f"trainer config {config}: {error}") from None
+
+
+def _training_request(args, settings):
     require(settings, "project", "region", "bucket")
     if not Path(args.config).exists():
         raise CloudError(f"trainer config {args.config} does not exist")
@@ -787,12 +902,13 @@ def _training_request(args, settings):
         raise CloudError("--job-dir is for --local; a Vertex job writes to gs://BUCKET/jobs/NAME (see --name)")
     mode, image = train_mode(settings, args.container_image, args.python_package)
     space = None
+    sets = list(args.set)
     if args.command == "tune":
-        try:
-            space = search_space.load_search_space(args.study)
-            search_space.check_metric(space, search_space.config_model(args.config, args.set))
-        except search_space.SearchSpaceError as error:
-            raise CloudError(str(error)) from None
+        space = _checked_space(args)
+        if _config_monitor(args.config, args.set) is None:  # the objective also chooses each trial's epoch
+            sets.append(f"train.monitor={space['metric']['id']}")
+    env = tracking_env(settings, args.track)
+    extra = ["--track", args.track] if args.track else []
     name = _job_name(args)
     job_dir = gcs(settings, "jobs", name)
     package_uri = gcs(settings, "packages", name, "recsys-pipelines-0.1.0.tar.gz") if mode == "python_package" else None
@@ -800,9 +916,9 @@ def _training_request(args, settings):
     dataset = None if (args.data or "").startswith("gs://") else config_dataset(args.config, args.dataset)
     data = resolve_data(settings, args.data, dataset, dry_run=args.dry_run) if dataset else args.data.rstrip("/")
     spec_kwargs = dict(
-        package_uri=package_uri, container_image=image, args=trainer_args(config_uri, data, job_dir, args.set),
+        package_uri=package_uri, container_image=image, args=trainer_args(config_uri, data, job_dir, sets, extra),
         workers=args.workers, base_output_dir=job_dir, machine_type=args.machine_type, accelerator=args.accelerator,
-        accelerator_count=args.accelerator_count, timeout=args.timeout,
+        accelerator_count=args.accelerator_count, timeout=args.timeout, env=env,
     )
     notes = []
     if not args.data:
@@ -816,6 +932,8 @@ def _training_request(args, settings):
         notes.append(f"trial outputs: {trials_dir(job_dir)}/<trial id>/ (Vertex: AIP_MODEL_DIR={trials_dir(job_dir)}"
                      "/<trial id>/model/, checkpoints/, logs/; the trainer: --job-dir "
                      f"{job_dir} + trials/$CLOUD_ML_TRIAL_ID/)")
+        for trial, path in enumerate(trial_dirs(job_dir, int(space["max_trial_count"])), start=1):
+            notes.append(f"trial {trial}: {path}")
     uploads = [(args.config, config_uri)]
     if package_uri:
         uploads.insert(0, (SDIST, package_uri))
@@ -861,6 +979,13 @@ def run(args) -> int:
 
     if args.command == "train" and args.local:
         return _local_run(args)
+    if args.command == "tune" and args.local:
+        return _local_tune(args)
+    if args.command == "tune":
+        local_only = [f for f in LOCAL_TUNE_FLAGS if getattr(args, f[2:].replace("-", "_")) not in (None, False)]
+        if local_only:
+            raise CloudError(f"{', '.join(local_only)} are for tune --local; on Vertex AI the space's "
+                             "max_trial_count and parallel_trial_count apply")
 
     if args.command in ("train", "tune"):
         request, uploads, (mode, image), notes = _training_request(args, settings)

@@ -670,6 +670,40 @@ def test_tune_trials_write_to_distinct_directories(aip, cli):
         seen[trial] = trainer_dir
     assert len(set(seen.values())) == 3
     assert f"[vertex] trial outputs: {job_dir}/trials/<trial id>/ " in err
+    # the dry run names every trial's directory: Vertex's trial ids 1..max_trial_count, all distinct
+    listed = [line.split(": ", 1)[1] for line in err.splitlines() if re.match(r"\[vertex\] trial \d+: ", line)]
+    assert listed == [f"{job_dir}/trials/{n}/" for n in range(1, job.max_trial_count + 1)]
+    # the study's metric also chooses each trial's epoch (the config names no train.monitor)
+    args = list(spec.worker_pool_specs[0].container_spec.args)
+    assert args[args.index("train.monitor=rmse") - 1] == "--set"
+    code, _, err = cli("tune", "configs/movielens_mf.yaml", "--trials", "3", "--dry-run")
+    _one_line_error(code, err, "--trials are for tune --local")
+
+
+def test_track_hands_the_trackers_settings_to_the_job(aip, cli):
+    code, out, err = cli("train", "configs/movielens_mf.yaml", "--track", "vertex", "--workers", "2", "--dry-run",
+                         VERTEX_EXPERIMENT="mf-runs")
+    assert code == 0, err
+    for pool in aip.CustomJob.from_json(out).job_spec.worker_pool_specs:
+        assert list(pool.container_spec.args)[-2:] == ["--track", "vertex"]
+        assert {e.name: e.value for e in pool.container_spec.env} == {
+            "GCP_PROJECT": "test-project", "GCP_REGION": "europe-west4", "VERTEX_EXPERIMENT": "mf-runs"}
+    account = "trainer@test-project.iam.gserviceaccount.com"
+    code, out, err = cli("tune", "configs/movielens_mf.yaml", "--track", "mlflow,vertex", "--python-package", "--dry-run",
+                         VERTEX_TENSORBOARD="12345", GCP_SERVICE_ACCOUNT=account, VERTEX_EXPERIMENT=None,
+                         MLFLOW_TRACKING_URI="https://mlflow.example.com", MLFLOW_EXPERIMENT_NAME="tuning")
+    assert code == 0, err
+    (pool,) = aip.HyperparameterTuningJob.from_json(out).trial_job_spec.worker_pool_specs
+    assert list(pool.python_package_spec.args)[-4:] == ["--track", "mlflow,vertex", "--hypertune-metric", "rmse"]
+    env = {e.name: e.value for e in pool.python_package_spec.env}
+    assert env["VERTEX_TENSORBOARD"] == f"{PARENT}/tensorboards/12345" and env["VERTEX_EXPERIMENT"] == "recsys-pipelines"
+    assert env["MLFLOW_TRACKING_URI"] == "https://mlflow.example.com" and env["MLFLOW_EXPERIMENT_NAME"] == "tuning"
+    code, _, err = cli("train", "configs/movielens_mf.yaml", "--track", "mlflow", "--dry-run",
+                       MLFLOW_TRACKING_URI="http://127.0.0.1:5000")
+    _one_line_error(code, err, "--track mlflow in a Vertex AI job needs MLFLOW_TRACKING_URI set to an http(s) MLflow "
+                               "server the job can reach (got http://127.0.0.1:5000)")
+    code, _, err = cli("train", "configs/movielens_mf.yaml", "--track", "wandb", "--dry-run")
+    _one_line_error(code, err, "--track 'wandb': unknown tracker")
 
 
 # --- scheduling, TensorBoard, labels ----------------------------------------------------------

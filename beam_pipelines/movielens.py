@@ -140,6 +140,10 @@ def detect_format(path: str, lines: Sequence[str]) -> str:
     if name.endswith(".rating"):
         return "ncf"
     first = next((line for line in lines if line.strip()), "")
+    if not first:
+        raise common.PipelineInputError(
+            f"cannot tell the format of {path}: its first lines are blank; check that it is a ratings file, "
+            f"or pass --format ({'|'.join(FORMATS)})")
     if "::" in first:
         return "dat"
     if "\t" in first:

@@ -19,7 +19,8 @@ def test_bpr_on_ml100k_leave_one_out(tmp_path):
         save_main_session=False,
     )
     assert summary["counts"]["test_rows"] == summary["counts"]["valid_rows"] == 943
-    result = run_experiment("movielens_bpr.yaml", tmp_path / "loo", tmp_path / "job", "train.epochs=10", environ={})
+    result = run_experiment("movielens_bpr.yaml", tmp_path / "loo", tmp_path / "job", "train.epochs=10", "train.refit=false",
+                            environ={})  # no refit: the selection fit alone is what this checks
     evaluation = result.test
     assert evaluation["num_users"] == 943 and evaluation["num_candidates"] == 51
     assert result.valid["num_users"] == 943

@@ -169,7 +169,8 @@ def read_byte_lines(path: str) -> Iterator[bytes]:
             for number, raw in enumerate(iter(stream.readline, b""), start=1):
                 yield raw
         except _READ_ERRORS as error:
-            raise input_file_error(path, f"cannot be read past line {number} ({_reason(error)})", _DAMAGED) from None
+            where = f"cannot be read past line {number}" if number else "cannot be read"
+            raise input_file_error(path, f"{where} ({_reason(error)})", _DAMAGED) from None
     if number == 0 and CompressionTypes.detect_compression_type(path) in _CHECKED_DECOMPRESSORS:
         # Python's readers take a 0-byte file for an empty stream; a compressed empty file has a header.
         if FileSystems.match([path])[0].metadata_list[0].size_in_bytes == 0:

@@ -2,7 +2,8 @@
 
 * A shard that breaks after ``read_dataset`` checked it (a copy still running, a
   failing disk) ends the run with one ``DataError`` line, during the fit or the
-  evaluation, and nothing is exported.
+  evaluation, and nothing is exported; so does a shard replaced by a shorter
+  valid one, which TensorFlow reads without any error.
 * Every serving signature of the MF, NCF (GMF) and BPR exports gives a defined
   answer for empty strings, very long ids, control bytes and batches of 100k ids:
   unknown ids get the documented fallback, ``k`` is clipped into ``1..items``, an
@@ -59,19 +60,33 @@ def exports(tiny):
 
 
 # --------------------------------------------------------------------------- a shard breaks after the check
-class _TruncateAtStart(tracking.Tracker):
-    """Cuts a shard in half when the run starts: after ``read_dataset`` checked it, before any read."""
+class _BreakAtStart(tracking.Tracker):
+    """Breaks a shard when the run starts: after ``read_dataset`` checked it, before any read."""
 
-    def __init__(self, shard):
-        self.shard = shard
+    def __init__(self, shard, how: str):
+        self.shard, self.how = shard, how
 
     def start(self, **_):
-        data = self.shard.read_bytes()
-        self.shard.write_bytes(data[: len(data) // 2])
+        if self.how == "cut":
+            data = self.shard.read_bytes()
+            self.shard.write_bytes(data[: len(data) // 2])
+            return
+        import tensorflow as tf
+
+        from tests.conftest import read_records
+
+        records = read_records(self.shard)
+        with tf.io.TFRecordWriter(str(self.shard), options="GZIP") as writer:  # a valid, shorter shard
+            for record in records[: len(records) // 2]:
+                writer.write(record)
 
 
-@pytest.mark.parametrize("split, stage", [("train", "the fit"), ("test", "the test evaluation")])
-def test_a_shard_that_breaks_mid_run_is_one_error_and_no_export(tiny, tmp_path, split, stage):
+@pytest.mark.parametrize("split, how, expected", [
+    ("train", "cut", "failed during training or evaluation"),  # mid-fit
+    ("test", "cut", "failed during training or evaluation"),  # the test evaluation, after the fit
+    ("train", "shorter", "changed while training read it"),  # read without any error by TensorFlow
+])
+def test_a_shard_that_breaks_mid_run_is_one_error_and_no_export(tiny, tmp_path, split, how, expected):
     from trainer import data
 
     broken = tmp_path / "data"
@@ -79,9 +94,9 @@ def test_a_shard_that_breaks_mid_run_is_one_error_and_no_export(tiny, tmp_path, 
     shard = max((broken / split).glob("part-*"), key=lambda p: p.stat().st_size)
     job = tmp_path / "job"
     with pytest.raises(data.DataError) as caught:
-        run_experiment("movielens_mf.yaml", broken, job, *TINY, environ={}, tracker=_TruncateAtStart(shard))
+        run_experiment("movielens_mf.yaml", broken, job, *TINY, environ={}, tracker=_BreakAtStart(shard, how))
     message = str(caught.value)
-    assert f"reading {broken} failed during training or evaluation" in message, (stage, message)
+    assert expected in message and str(broken) in message, message
     assert "nothing was exported" in message and "\n" not in message
     assert not (job / "export").exists() and not (job / "metrics.json").exists()
 

@@ -140,6 +140,37 @@ def _check_shards(dataset: Dataset, split: str, hint: str, verify_records: bool)
                         f"the output was changed after the pipeline wrote it; rerun {hint}")
 
 
+def shard_stats(dataset: Dataset) -> dict[str, tuple[int, int]]:
+    """``(length, mtime)`` of every listed shard, taken once the output is checked (see ``check_unchanged``)."""
+    stats = {}
+    for split in SPLITS:
+        for path in dataset.files(split):
+            stat = tf.io.gfile.stat(path)
+            stats[path] = (int(stat.length), int(stat.mtime_nsec))
+    return stats
+
+
+def check_unchanged(dataset: Dataset, before: dict[str, tuple[int, int]]) -> None:
+    """Fails when a shard changed or vanished after ``shard_stats`` (while training and evaluation read it).
+
+    TensorFlow reads a gzip shard that was cut at a record boundary to the cut
+    without an error, and a shard replaced by a shorter valid one reads cleanly:
+    without this check such a run would report a partial fit as a success.
+
+    Raises:
+      DataError: the first shard whose length or modification time differs.
+    """
+    for path, stat in before.items():
+        try:
+            now = tf.io.gfile.stat(path)
+            changed = (int(now.length), int(now.mtime_nsec)) != stat
+        except tf.errors.NotFoundError:
+            changed = True
+        if changed:
+            raise DataError(f"{path} changed while training read it (another process wrote or removed it); "
+                            f"nothing was exported; rerun {_rerun_hint(dataset.schema)} and then the training")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
     """What a ratings model needs to know about the data it trains on."""

@@ -183,6 +183,7 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
     strategy = None if spec.own_fit else distribute.make_strategy(cluster)
     task = tasks.task_class(spec.task)(spec=spec, hparams=config_lib.model_config(config), train=train,
                                        data_dir=data_dir)
+    shards = data.shard_stats(task.dataset)  # the checked shards, compared again before the export
     monitor = task.monitor  # raises ConfigError for a train.monitor the task does not have
     if hypertune_metric:
         task.metric(hypertune_metric)
@@ -218,6 +219,7 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
             eval_started = time.time()
             test = task.evaluate(final, "test")
             fit.timings["eval_seconds"] += round(time.time() - eval_started, 3)
+    data.check_unchanged(task.dataset, shards)
     export_started = time.time()
     export_dir = _export(task, final, paths.export, cluster.is_lead)
     fit.timings["export_seconds"] = round(time.time() - export_started, 3)

@@ -19,6 +19,9 @@ REQUIRED = [
     "matplotlib>=3.8",
     "scipy>=1.11",  # beam_pipelines.knn_pairing: sparse user x track products (also on Dataflow workers)
     "PyYAML>=6.0",
+    # plots/network.png of the LastFM GNN: igraph's C Fruchterman-Reingold lays out 7.6k users in 0.6 s
+    # (networkx's spring layout took 156 s); one wheel plus texttable.
+    "igraph>=0.11",
     # workflows.tune (./run-cloud.sh tune --local): the study, its SQLite storage and pruning. Pure-Python
     # wheels (optuna, alembic, colorlog, Mako, tqdm; SQLAlchemy is here already), no pin moves.
     "optuna==5.1.0",

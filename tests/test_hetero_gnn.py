@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import METRICS_TOP_LEVEL, run_experiment
+from tests.conftest import METRICS_TOP_LEVEL, read_examples, run_experiment
 from trainer import classification_metrics
 
 GNN_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "lastfm_hetero_gnn.yaml")
@@ -97,9 +97,23 @@ def test_trainer_task_runs_the_gnn_yaml(tiny_data, tmp_path, capsys, monkeypatch
     assert metrics["cluster"]["replicas"] == 1 and metrics["cluster"]["steps_per_epoch"] == 8  # 240 train / 32
     assert metrics["test"]["accuracy"] > 0.6  # chance is ~0.45
     assert (job / "export" / "saved_model.pb").exists()
-    for name in ("confusion_matrix", "label_distribution", "loss"):
+    for name in ("confusion_matrix", "label_distribution", "loss", "network"):
         assert (job / "plots" / f"{name}.png").stat().st_size > 5000
+    # The YAML post-processes with Correct and Smooth: the GNN's own numbers are reported beside the final ones.
+    assert metrics["config"]["hparams"]["correct_and_smooth"] is True
+    stages = metrics["test"]["stages"]
+    assert list(stages) == ["gnn", "+ correct and smooth", "+ prior correction"]
+    assert stages["+ prior correction"]["accuracy"] == metrics["test"]["accuracy"]
+    _check_final_predictions_are_exported(job, tiny_data / "out", metrics)
+    capsys.readouterr()
     assert gnn_predict.main(["--job-dir", str(job), "--data", str(tiny_data / "out"), "--user-id", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "(final: the GNN and its post-processing over the whole graph" in out and "(GNN alone on the user's sampled subgraph)" in out
+    assert gnn_predict.main(["--job-dir", str(job), "--user-id", "0", "--top", "2"]) == 0  # the table alone
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert gnn_predict.main(["--job-dir", str(job), "--user-id", "123456"]) == 2
+    assert "user 123456 is not a user of the graph" in capsys.readouterr().err
+    _check_predict_from_another_file_system(job, tiny_data / "out", capsys)
     # Vertex tuning gets a valid metric after every epoch, and last the chosen epoch's; never a test one.
     records = [json.loads(line) for line in (tmp_path / "hp.metrics").read_text().splitlines()]
     epochs = metrics["selection"]["epochs_run"]
@@ -107,6 +121,46 @@ def test_trainer_task_runs_the_gnn_yaml(tiny_data, tmp_path, capsys, monkeypatch
     assert [float(r["accuracy"]) for r in records[:-1]] == pytest.approx(metrics["history"]["val_accuracy"])
     assert float(records[-1]["accuracy"]) == pytest.approx(metrics["valid"]["accuracy"])
     assert int(records[-1]["global_step"]) == epochs * 8
+
+
+def _check_final_predictions_are_exported(job, data, metrics):
+    """``by_user_id`` of the export gives the test users the predictions whose accuracy metrics.json reports."""
+    import tensorflow as tf
+
+    rows = read_examples(data / "test" / "part-*.tfrecord.gz")
+    ids = [row["context/root_id"][0] for row in rows]
+    labels = np.array([row["context/label"][0] for row in rows])
+    loaded = tf.saved_model.load(str(job / "export"))
+    out = loaded.signatures["by_user_id"](user_id=tf.constant(ids + [b"999999"]))
+    assert out["known"].numpy().tolist() == [True] * len(ids) + [False]
+    assert out["class"].numpy()[-1] == -1 and not out["probabilities"].numpy()[-1].any()
+    np.testing.assert_allclose(out["probabilities"].numpy()[:-1].sum(axis=1), 1.0, atol=1e-5)
+    assert (out["class"].numpy()[:-1] == labels).mean() == pytest.approx(metrics["test"]["accuracy"])
+
+
+def _check_predict_from_another_file_system(job, data, capsys):
+    """gnn_predict reads everything through tf.io.gfile: the export and the data copied to TF's ram:// file system.
+
+    (TF's gs:// file system has no emulator endpoint; ram:// is another scheme that no
+    os.path / open() call can read, so the command works on any tf.io.gfile path.)
+    """
+    import tensorflow as tf
+
+    from trainer import gnn_predict
+
+    def copy_tree(source, target):
+        for directory, _, files in tf.io.gfile.walk(str(source)):
+            relative = os.path.relpath(directory, str(source))
+            into = target if relative == "." else f"{target}/{relative}"  # ram:// keeps "./" in names
+            tf.io.gfile.makedirs(into)
+            for name in files:
+                tf.io.gfile.copy(f"{directory}/{name}", f"{into}/{name}", overwrite=True)
+
+    copy_tree(job / "export", "ram://gnn/export")
+    copy_tree(data / "test", "ram://gnn/data/test")
+    user = read_examples(data / "test" / "part-*.tfrecord.gz")[0]["context/root_id"][0].decode()
+    assert gnn_predict.main(["--export", "ram://gnn/export", "--data", "ram://gnn/data", "--user-id", user]) == 0
+    assert f"user {user} (test split, true class" in capsys.readouterr().out
 
 
 def test_same_seed_same_run(tiny_data, tmp_path):

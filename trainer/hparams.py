@@ -196,6 +196,15 @@ class HeteroGNN:
       edge_sets: edge sets the model uses (the ablation switch); ``a+b`` also works.
       dropout: dropout on states and messages.
       l2: L2 regularization of dense kernels and embeddings.
+      correct_and_smooth: post-process the GNN's predictions with Correct and Smooth over
+        the whole friendship graph (``trainer.correct_and_smooth``; train labels only),
+        in every evaluation, so the epoch, the metrics and tuning all see the final predictions.
+      cs_correct_alpha: neighbour weight of the error propagation (0: smooth only).
+      cs_smooth_alpha: neighbour weight of the label smoothing (0: correct only).
+      cs_iterations: power iterations of each propagation.
+      prior_correction: ``tau`` of a post-hoc logit adjustment (Menon et al. 2021): the final
+        class distribution is divided by the train class frequencies to the power ``tau``
+        before the argmax (0: off). Rare countries weigh more: macro-F1 over accuracy.
     """
 
     hidden_dim: int = 64
@@ -210,8 +219,20 @@ class HeteroGNN:
     edge_sets: tuple[str, ...] = LASTFM_EDGE_SETS
     dropout: float = 0.2
     l2: float = 1e-5
+    correct_and_smooth: bool = False
+    cs_correct_alpha: float = 0.8
+    cs_smooth_alpha: float = 0.8
+    cs_iterations: int = 50
+    prior_correction: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.prior_correction <= 2.0:
+            raise ValueError(f"prior_correction must be in [0, 2], got {self.prior_correction}")
+        for name in ("cs_correct_alpha", "cs_smooth_alpha"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.cs_iterations < 1:
+            raise ValueError(f"cs_iterations must be >= 1, got {self.cs_iterations}")
         if isinstance(self.edge_sets, str):
             object.__setattr__(self, "edge_sets", tuple(self.edge_sets.split("+")))
         unknown = sorted(set(self.edge_sets) - set(LASTFM_EDGE_SETS))

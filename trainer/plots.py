@@ -125,3 +125,62 @@ def label_distribution(counts_by_split: Mapping[str, Sequence[int]], path: str, 
     axis.set_title(title)
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def force_directed_layout(pairs: Sequence[Sequence[int]], num_nodes: int, seed: int = 0):
+    """2-D positions [nodes, 2] of a Fruchterman-Reingold layout of an undirected graph.
+
+    igraph's C implementation: 0.6 s for the 7.6k users and 28k friendships of LastFM
+    Asia here, where networkx's spring layout took 156 s. The start positions come
+    from ``seed``, so a rerun draws the same picture.
+    """
+    import igraph
+    import numpy as np
+
+    start = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(num_nodes, 2))
+    graph = igraph.Graph(n=num_nodes, edges=[tuple(map(int, p)) for p in pairs])
+    return np.asarray(graph.layout_fruchterman_reingold(seed=start.tolist(), niter=500).coords)
+
+
+def network(positions, pairs, labels, predicted, marked, path: str, *, num_classes: int, title: str) -> str:
+    """Two panels of one graph: nodes coloured by true class, and by predicted class with ``marked`` nodes crossed.
+
+    Args:
+      positions: [nodes, 2] layout.
+      pairs: [edges, 2] node indices (drawn as faint lines).
+      labels: [nodes] true class, -1 unknown (grey).
+      predicted: [nodes] predicted class, -1 none (grey).
+      marked: [nodes] bool, e.g. the test users predicted wrongly (black crosses on the right panel).
+      path: output PNG (local or gs://).
+      num_classes: colours needed (tab20 up to 20 classes).
+      title: figure title.
+    """
+    import numpy as np
+    from matplotlib.collections import LineCollection
+
+    plt = _figure()
+    positions = np.asarray(positions, dtype=float)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    # tab20 without its two greys (grey is "unknown" here): 18 distinct colours, LastFM Asia's classes
+    distinct = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]
+    colours = distinct[:num_classes] if num_classes <= len(distinct) else [
+        plt.get_cmap("turbo")(c / max(num_classes - 1, 1)) for c in range(num_classes)]
+    palette = np.array([(*c[:3], 1.0) for c in colours] + [(0.75, 0.75, 0.75, 1.0)])
+    size = float(np.clip(30000 / max(len(positions), 1), 3, 16))  # dots shrink as the graph grows
+    edge_alpha = float(np.clip(300 / max(len(pairs), 1), 0.012, 0.25))  # dense clusters must not turn black
+    fig, axes = plt.subplots(1, 2, figsize=(18, 9.6))
+    for axis, classes, name in ((axes[0], np.asarray(labels), "true class"),
+                                (axes[1], np.asarray(predicted), "predicted class (x: test user predicted wrongly)")):
+        axis.add_collection(LineCollection(positions[pairs], colors=(0.3, 0.3, 0.3, edge_alpha), linewidths=0.3))
+        axis.scatter(positions[:, 0], positions[:, 1], s=size, c=palette[np.where(classes < 0, num_classes, classes)],
+                     linewidths=0)
+        axis.set_title(name)
+        axis.set_aspect("equal")
+        axis.axis("off")
+    crossed = np.asarray(marked, dtype=bool)
+    axes[1].scatter(positions[crossed, 0], positions[crossed, 1], s=28, marker="x", c="black", linewidths=0.9)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=palette[c], label=str(c)) for c in range(num_classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(num_classes, 20), title="class", frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    return _save(fig, plt, path)

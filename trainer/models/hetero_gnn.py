@@ -1,7 +1,7 @@
 """Heterogeneous GNN classifier of the root user of a sampled LastFM subgraph.
 
-Owns the architecture only (loss, metrics and the fit loop live in
-``trainer.gnn_task``). Built from TF-GNN layers:
+Owns the architecture only (loss, metrics, evaluation and post-processing live in
+``trainer.tasks.graph_classification``, the fit in ``trainer.experiment``). Built from TF-GNN layers:
 
 * initial states (``tfgnn.keras.layers.MapFeatures``): learned id embeddings for
   ``user`` and ``artist`` nodes, ids hashed into a fixed number of buckets (no
@@ -13,8 +13,8 @@ Owns the architecture only (loss, metrics and the fit loop live in
   from sampled nodes back towards the root (``receiver_tag=SOURCE``: the
   pipeline stores edges from the sampling node to the sampled one), combined by
   ``NextStateFromConcat``;
-* dropout on the final user states. The head is not here: ``trainer.gnn_task``
-  puts TF-GNN's ``runner.RootNodeMulticlassClassification`` on top (readout of
+* dropout on the final user states. The head is not here: the graph
+  classification task puts TF-GNN's ``runner.RootNodeMulticlassClassification`` on top (readout of
   the root, node 0 of ``user``, the sampler's seed, and a dense layer giving
   ``num_classes`` logits), and that task also supplies the loss and metrics.
 """

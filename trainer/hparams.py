@@ -312,3 +312,67 @@ class PlaylistTracksBPR:
             raise ValueError("embedding_dim must be >= 1")
         if self.pooling not in PLAYLIST_POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(PLAYLIST_POOLINGS)}, got {self.pooling!r}")
+
+
+GCMC_ACCUMULATIONS = ("stack", "sum")
+GCMC_NORMALIZATIONS = ("left", "symmetric")
+GCMC_ACTIVATIONS = ("relu", "leaky_relu", "linear", "tanh", "sigmoid")
+
+
+@dataclasses.dataclass(frozen=True)
+class GCMC:
+    """Graph convolutional matrix completion (Berg, Kipf & Welling 2017; ``trainer.models.gcmc``).
+
+    Defaults are the paper's ML-100K settings (the authors' ``run_experiments.sh``:
+    stack, dropout 0.7, left normalisation, 2 basis matrices, 500 / 75 units,
+    side-feature layer of 10).
+
+    Attributes:
+      hidden_dim: width of the convolution output, all levels together (``stack``:
+        ``hidden_dim / levels`` per level, so it must divide by the number of levels).
+      out_dim: width of the dense layer: the user and item embeddings the decoder reads.
+      accumulation: ``stack`` (concatenate the levels) or ``sum``.
+      ordinal_sharing: level r's weight is ``T_1 + ... + T_r`` (ordinal weight sharing).
+      num_basis: basis matrices of the bilinear decoder.
+      dropout: node dropout on the messages and dropout on the convolution output.
+      normalization: ``left`` (1/deg of the receiver) or ``symmetric`` (1/sqrt(deg_i deg_j)).
+      activation: after the convolution.
+      dense_activation: after the dense layer.
+      side_features: add the side-feature path (the graph must have side features).
+      side_hidden_dim: width of the side-feature layer.
+      sampled: train on sampled subgraphs around each batch's (user, item) pairs
+        (graphs too large for full-graph training); otherwise every step encodes the whole graph.
+      fanout: sampled: edges sampled per node and rating level (up to; all when fewer).
+      eval_batch_pairs: sampled: (user, item) pairs per subgraph of the exact evaluation
+        (every neighbour of their nodes, no sampling).
+      seed: initialisation and dropout seed.
+    """
+
+    hidden_dim: int = 500
+    out_dim: int = 75
+    accumulation: str = "stack"
+    ordinal_sharing: bool = True
+    num_basis: int = 2
+    dropout: float = 0.7
+    normalization: str = "left"
+    activation: str = "relu"
+    dense_activation: str = "linear"
+    side_features: bool = False
+    side_hidden_dim: int = 10
+    sampled: bool = False
+    fanout: int = 20
+    eval_batch_pairs: int = 4096
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, value, choices in (("accumulation", self.accumulation, GCMC_ACCUMULATIONS),
+                                     ("normalization", self.normalization, GCMC_NORMALIZATIONS),
+                                     ("activation", self.activation, GCMC_ACTIVATIONS),
+                                     ("dense_activation", self.dense_activation, GCMC_ACTIVATIONS)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        for name in ("hidden_dim", "out_dim", "num_basis", "side_hidden_dim", "fanout", "eval_batch_pairs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

@@ -37,6 +37,7 @@ COLUMNS = {
     "rating": ("rmse", "mae"),
     "ranking": ("hr@10", "ndcg@10", "mrr"),
     "graph_classification": ("accuracy", "macro_f1"),
+    "graph_rating": ("rmse", "mae"),
     # 1 positive vs 50 fixed negatives, then over the user's KNN candidates (the served path)
     "playlist_ranking": ("mrr", "hit@1", "hit@5", "hit@10", "knn_mrr", "knn_hit@5"),
 }

@@ -27,7 +27,7 @@ class ModelSpec:
     Attributes:
       name: the config's ``model`` value.
       config_class: its hyperparameters (a frozen dataclass in ``trainer.hparams``).
-      task: the ``trainer.tasks`` kind (``rating``, ``ranking``, ``graph_classification``).
+      task: the ``trainer.tasks`` kind (``rating``, ``ranking``, ``graph_classification``, ``graph_rating``).
       module_name: the module with ``build_model`` (and ``fit`` when ``own_fit``).
       own_fit: trains itself (no Keras fit, no optimizer; one process only).
     """
@@ -53,6 +53,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("neumf", hparams.NeuMF, "ranking", "trainer.models.neumf"),
         ModelSpec("bpr", hparams.BPR, "ranking", "trainer.models.bpr"),
         ModelSpec("hetero_gnn", hparams.HeteroGNN, "graph_classification", "trainer.models.hetero_gnn"),
+        ModelSpec("gcmc", hparams.GCMC, "graph_rating", "trainer.models.gcmc"),
         ModelSpec("playlist_bpr", hparams.PlaylistBPR, "playlist_ranking", "trainer.models.playlist_bpr"),
         ModelSpec("playlist_tracks_bpr", hparams.PlaylistTracksBPR, "playlist_ranking",
                   "trainer.models.playlist_tracks_bpr"),

@@ -5,6 +5,7 @@
 | ``rating`` | ``rating`` | ``ratings`` (movielens pipeline) | rmse, mae |
 | ``ranking`` | ``ranking`` | ``ratings`` with held-out positives + sampled negatives | hr@K, ndcg@K, mrr |
 | ``graph_classification`` | ``graph_classification`` | ``lastfm`` (sampled subgraphs) | accuracy, macro_f1 |
+| ``graph_rating`` | ``graph_rating`` | ``ratings`` + its rating graph (``beam_pipelines.rating_graph``) | rmse, mae |
 | ``playlist_ranking`` | ``playlist_ranking`` | ``playlists`` (memberships, 50 negatives, KNN candidates) | mrr, hit@K, ndcg@K, knn_* |
 
 The table is resolved lazily: importing this package imports no TensorFlow.
@@ -17,6 +18,7 @@ TASKS = {
     "rating": "trainer.tasks.rating:RatingTask",
     "ranking": "trainer.tasks.ranking:RankingTask",
     "graph_classification": "trainer.tasks.graph_classification:GraphClassificationTask",
+    "graph_rating": "trainer.tasks.graph_rating:GraphRatingTask",
     "playlist_ranking": "trainer.tasks.playlist_ranking:PlaylistRankingTask",
 }
 
@@ -33,6 +35,7 @@ METRICS = {
     "rating": {"rmse": "min", "mae": "min"},
     "ranking": {f"{m}@{k}": "max" for m in ("hr", "hit", "ndcg") for k in (1, 5, 10)} | {"mrr": "max"},
     "graph_classification": {"accuracy": "max", "macro_f1": "max"},
+    "graph_rating": {"rmse": "min", "mae": "min"},
     # 1 positive vs the 50 fixed negatives, and (knn_) over the user's KNN candidates: the served path.
     "playlist_ranking": {f"{p}{m}@{k}": "max" for p in ("", "knn_") for m in ("hr", "hit", "ndcg") for k in (1, 5, 10)}
     | {"mrr": "max", "knn_mrr": "max"},

@@ -691,16 +691,22 @@ def local_run_plan(config: str, data: str, job_dir: str, sets: Sequence[str] = (
             "copy_config": [str(config), config_copy]}
 
 
-def _local_run(args) -> int:
-    if not args.data or not args.job_dir:
-        raise CloudError("train --local needs --data DIR (a pipeline output) and --job-dir DIR (where the job writes)")
+def _refuse_cloud_flags(args, what: str, *more: tuple[str, Any], hint: str = "") -> None:
+    """One line naming the Vertex-only flags given to a ``--local`` command."""
     cloud_only = [flag for flag, value in (
         ("--container-image", args.container_image), ("--python-package", args.python_package),
         ("--machine-type", args.machine_type), ("--accelerator", args.accelerator),
         ("--accelerator-count", args.accelerator_count), ("--timeout", args.timeout), ("--dataset", args.dataset),
+        *more,
     ) if value]
     if cloud_only:
-        raise CloudError(f"--local runs the trainer on this machine: {', '.join(cloud_only)} do(es) not apply")
+        raise CloudError(f"--local runs {what} on this machine: {', '.join(cloud_only)} do(es) not apply{hint}")
+
+
+def _local_run(args) -> int:
+    if not args.data or not args.job_dir:
+        raise CloudError("train --local needs --data DIR (a pipeline output) and --job-dir DIR (where the job writes)")
+    _refuse_cloud_flags(args, "the trainer")
     if not Path(args.config).exists():
         raise CloudError(f"trainer config {args.config} does not exist")
     plan = local_run_plan(args.config, args.data, args.job_dir, args.set, args.workers,
@@ -749,15 +755,8 @@ def local_tune_command(args, python: str | None = None) -> list[str]:
 def _local_tune(args) -> int:
     if not args.data:
         raise CloudError("tune --local needs --data DIR (a local pipeline output with a valid split)")
-    cloud_only = [flag for flag, value in (
-        ("--container-image", args.container_image), ("--python-package", args.python_package),
-        ("--machine-type", args.machine_type), ("--accelerator", args.accelerator),
-        ("--accelerator-count", args.accelerator_count), ("--timeout", args.timeout), ("--dataset", args.dataset),
-        ("--name", args.name), ("--workers", args.workers != 1),
-    ) if value]
-    if cloud_only:
-        raise CloudError(f"--local runs the study on this machine: {', '.join(cloud_only)} do(es) not apply "
-                         "(--parallel K runs K trials at once)")
+    _refuse_cloud_flags(args, "the study", ("--name", args.name), ("--workers", args.workers != 1),
+                        hint=" (--parallel K runs K trials at once)")
     command = local_tune_command(args)
     _info(f"running in {REPO}: {shlex.join(command)}")
     return subprocess.run(command, cwd=REPO).returncode

@@ -678,6 +678,11 @@ def test_tune_trials_write_to_distinct_directories(aip, cli):
     assert args[args.index("train.monitor=rmse") - 1] == "--set"
     code, _, err = cli("tune", "configs/movielens_mf.yaml", "--trials", "3", "--dry-run")
     _one_line_error(code, err, "--trials are for tune --local")
+    code, _, err = cli("tune", "configs/movielens_mf.yaml", "--local", "--data", "out", "--accelerator", "NVIDIA_TESLA_T4",
+                       "--dry-run")
+    _one_line_error(code, err, "--local runs the study on this machine: --accelerator do(es) not apply")
+    code, _, err = cli("tune", "configs/movielens_mf.yaml", "--local", "--dry-run")
+    _one_line_error(code, err, "tune --local needs --data DIR")
 
 
 def test_track_hands_the_trackers_settings_to_the_job(aip, cli):

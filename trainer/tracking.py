@@ -59,14 +59,20 @@ class Tracker:
 
 
 class TrackerGroup(Tracker):
-    """Several trackers as one, called in the order given (``--track mlflow,vertex``)."""
+    """Several trackers as one, called in the order given (``--track mlflow,vertex``).
 
-    def __init__(self, trackers: Sequence[Tracker]):
+    Args:
+      trackers: the trackers.
+      tags: more tags for every run (e.g. the tuning study a trial belongs to).
+    """
+
+    def __init__(self, trackers: Sequence[Tracker], tags: Mapping[str, str] | None = None):
         self.trackers = list(trackers)
+        self.tags = dict(tags or {})
 
     def start(self, *, config, run_name, tags):
         for tracker in self.trackers:
-            tracker.start(config=config, run_name=run_name, tags=tags)
+            tracker.start(config=config, run_name=run_name, tags={**tags, **self.tags})
 
     def log_metrics(self, values, step):
         for tracker in self.trackers:

@@ -23,6 +23,9 @@ What a study does:
   number>/`` (the same ``JOB/trials/<id>`` convention the trainer follows for a Vertex
   tuning trial, ``CLOUD_ML_TRIAL_ID``). Discrete values that are whole numbers are passed
   as integers.
+* **Refit**: a config with ``train.refit: true`` (train again on train + valid for the chosen
+  epochs) keeps it for ``best.yaml`` and the final run; the trials skip it, since it never
+  changes a run's valid metrics.
 * **Objective**: always a metric of the VALID split (the space's ``metric``; checked against
   the model's task), the value at the epoch the trial kept. Unless the config or ``--set``
   names ``train.monitor``, that same metric chooses each trial's epoch. Test is evaluated
@@ -154,11 +157,16 @@ def define(args: argparse.Namespace) -> dict[str, Any]:
     if space["algorithm"] == "GRID_SEARCH":
         size = math.prod(len(_grid_values(p)) for p in space["parameters"])
         trials = min(trials, size)
-    epochs = int(config_lib.resolve(args.config, fixed)["train"]["epochs"])
+    resolved = config_lib.resolve(args.config, fixed)
+    epochs = int(resolved["train"]["epochs"])
+    # A refit (train + valid, after the epoch is chosen) never changes a run's valid metrics, only
+    # its test model: trials skip it; best.yaml and the final run keep the config's setting.
+    trial_only = ["train.refit=false"] if resolved["train"]["refit"] else []
     return {
         "config": os.path.abspath(args.config), "config_sha256": _digest(args.config),
         "space": space, "space_file": os.path.abspath(space_path), "data": os.path.abspath(args.data),
-        "fixed": fixed, "metric": metric, "goal": space["metric"]["goal"], "model": config["model"],
+        "fixed": fixed, "trial_only": trial_only, "metric": metric, "goal": space["metric"]["goal"],
+        "model": config["model"],
         "trials": trials, "parallel": args.parallel, "seed": args.seed, "pruner": args.pruner,
         "prune_after": args.prune_after if args.prune_after is not None else max(1, math.ceil(epochs / 3)),
         "epochs": epochs,
@@ -343,11 +351,12 @@ class TrialReporter(tracking.Tracker):
                               "median of the earlier trials there")
 
 
-def _trial_environ(trial_id: int) -> dict[str, str]:
-    """This process's environment for a local trial: no cluster, no Vertex outputs, the trial id set."""
+def _local_environ(trial_id: int | None = None) -> dict[str, str]:
+    """This process's environment for a local run: no cluster, no Vertex outputs; a trial's id when given."""
     environ = {k: v for k, v in os.environ.items()
                if not k.startswith("AIP_") and k not in ("TF_CONFIG", "CLOUD_ML_TRIAL_ID")}
-    environ["CLOUD_ML_TRIAL_ID"] = str(trial_id)
+    if trial_id is not None:
+        environ["CLOUD_ML_TRIAL_ID"] = str(trial_id)
     return environ
 
 
@@ -373,18 +382,19 @@ def run_trial(study, trial, study_dir: Path, definition: Mapping[str, Any], trac
     trial.set_user_attr("job_dir", str(trial_dir(study_dir, trial.number)))
     shown = " ".join(_format_value(o) for o in overrides)
     try:
-        config = config_lib.resolve(definition["config"], [*definition["fixed"], *overrides])
+        config = config_lib.resolve(definition["config"], [*definition["fixed"], *definition["trial_only"], *overrides])
     except config_lib.ConfigError as error:
         study.tell(trial, state=TrialState.FAIL)
         raise TuneError(f"trial {trial.number} ({shown}): {error}") from None
     reporter = TrialReporter(trial, definition["metric"], definition["pruner"] != "none")
     user = tracking.make_tracker(track)
-    tracker = tracking.TrackerGroup([user, reporter])  # the user's tracker logs the epoch before a prune
+    # The user's tracker logs each epoch before the reporter may prune; its runs carry the study's name.
+    tracker = tracking.TrackerGroup([user, reporter], tags={"study": study_dir.name})
     tf.keras.backend.clear_session()
     try:
         with tracking.closing(tracker):
             result = experiment.run(config=config, data_dir=definition["data"], job=str(study_dir),
-                                    environ=_trial_environ(trial.number), tracker=tracker)
+                                    environ=_local_environ(trial.number), tracker=tracker)
     except TrialPruned as pruned:
         trial.set_user_attr("seconds", round(time.time() - started, 1))
         trial.set_user_attr("epochs_run", max(reporter.curve, default=0))
@@ -573,11 +583,10 @@ def final_run(study_dir: Path, best_file: Path, definition: Mapping[str, Any], t
 
     tf.keras.backend.clear_session()
     config = config_lib.resolve(str(best_file))
-    tracker = tracking.make_tracker(track)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("AIP_") and k not in ("TF_CONFIG", "CLOUD_ML_TRIAL_ID")}
+    tracker = tracking.TrackerGroup([tracking.make_tracker(track)], tags={"study": study_dir.name})
     with tracking.closing(tracker):
         return experiment.run(config=config, data_dir=definition["data"], job=str(study_dir / "final"),
-                              environ=environ, tracker=tracker)
+                              environ=_local_environ(), tracker=tracker)
 
 
 # --- sessions and the command line --------------------------------------------------------------
@@ -640,7 +649,8 @@ def plan(study_dir: Path, definition: Mapping[str, Any]) -> dict[str, Any]:
         "pruner": ("none" if definition["pruner"] == "none" else
                    f"optuna MedianPruner after epoch {definition['prune_after']} and {MIN_PRUNE_STARTUP} finished trials"),
         "trials": definition["trials"], "finished_before": done, "parallel": definition["parallel"],
-        "fixed": definition["fixed"], "parameters": [_describe(p) for p in space["parameters"]],
+        "fixed": definition["fixed"], "trial_only": definition["trial_only"],
+        "parameters": [_describe(p) for p in space["parameters"]],
         "trial_job_dirs": [str(trial_dir(study_dir, n)) + "/" for n in numbers],
         "then": [str(study_dir / RESULTS_FILE), str(study_dir / PLOT_FILE), str(study_dir / BEST_FILE),
                  str(study_dir / "final") + "/", str(study_dir / SUMMARY_FILE)],

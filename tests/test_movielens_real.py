@@ -61,6 +61,7 @@ def test_ml_100k_random_split(tmp_path):
             "side": "input",
             "format": "tab",
             "sha256": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+            "rating_rule": {"low": 1.0, "high": 5.0, "step": 1.0, "why": "tab: ML-100K whole stars"},
         }
     ]
     assert summary["vocabulary"]["user"] == 943  # every user has >= 20 ratings, so all are in train

@@ -68,7 +68,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -423,8 +423,12 @@ def run_trial(study, trial, study_dir: Path, definition: Mapping[str, Any], trac
             f"{best.value:.4f} (trial {best.number})")
 
 
-def work(study_dir: Path, definition: Mapping[str, Any], track: str | None, worker: int = 0) -> int:
-    """Runs trials until the study has ``definition['trials']`` counted trials; returns how many this process ran."""
+def work(study_dir: Path, definition: Mapping[str, Any], track: str | None, worker: int = 0,
+         on_trial: Callable[[], None] = lambda: None) -> int:
+    """Runs trials until the study has ``definition['trials']`` counted trials; returns how many this process ran.
+
+    ``on_trial`` is called after every trial (the session record's wall time, kept current for a kill).
+    """
     from optuna.trial import TrialState
 
     study = _load(study_dir, definition, worker)
@@ -441,6 +445,7 @@ def work(study_dir: Path, definition: Mapping[str, Any], track: str | None, work
         line = run_trial(study, trial, study_dir, definition, track)
         ran += 1
         print(f"[tune] {line}", flush=True)
+        on_trial()
     return ran
 
 
@@ -748,8 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if code:
                     raise TuneError(f"a worker process failed (exit code {code}); rerun the same command to resume")
             else:
-                work(study_dir, definition, args.track)
-                session.touch()
+                work(study_dir, definition, args.track, on_trial=session.touch)
             return report(study_dir, definition, session, args)
     except TuneError as error:
         print(f"tune: error: {error}", file=sys.stderr)

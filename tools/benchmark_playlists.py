@@ -13,10 +13,16 @@ Stages per size N (users):
      ``train/``, ``valid/``, ``test/`` and ``playlist_tracks/`` (no TensorFlow),
      builds the ``knn_pairing.PairingIndex`` and pairs every block in one process;
      checks that its candidates equal the pipeline's ``candidates/``.
+  4. Each ``--train`` config (default: the id-only BPR and the track-content
+     BPR) through ``python -m trainer.task`` on that output: the whole job
+     (wall, CPU, peak memory), then every epoch (wall and examples/s of the fit
+     alone, from ``metrics.json``; the exact valid evaluation after each epoch is
+     listed apart) and the load, evaluation and export stages.
 
 Usage::
 
-    python tools/benchmark_playlists.py --work /tmp/bench-playlists [--sizes 10000,100000] [--seed 0]
+    python tools/benchmark_playlists.py --work /tmp/bench-playlists [--sizes 10000,100000] [--seed 0] \
+        [--train configs/playlists_bpr.yaml --train configs/playlists_tracks_bpr.yaml | --no-train]
 """
 from __future__ import annotations
 
@@ -66,7 +72,30 @@ def _stage(argv: list[str], script: bool = False) -> dict:
             "stdout": result.stdout}
 
 
-def bench_size(users: int, work: Path, seed: int) -> list[dict]:
+DEFAULT_TRAIN = ("configs/playlists_bpr.yaml", "configs/playlists_tracks_bpr.yaml")
+
+
+def bench_training(users: int, out: Path, work: Path, config: str) -> list[dict]:
+    """One ``trainer.task`` job on a pipeline output: the whole job, then per epoch and per stage."""
+    job = work / f"job-{users}-{Path(config).stem}"
+    stage = _stage(["trainer.task", "--config", config, "--data", str(out), "--job-dir", str(job)])
+    metrics = json.loads((job / "metrics.json").read_text())
+    timings, cluster = metrics["timings"], metrics["cluster"]
+    per_epoch = cluster["steps_per_epoch"] * cluster["global_batch_size"]
+    epochs = len(timings["epoch_seconds"])
+    rows = [{"users": users, "stage": f"trainer {metrics['model']} (whole job)", "rows": per_epoch * epochs, **stage,
+             "detail": {"valid_mrr": round(metrics["valid"].get("mrr", 0.0), 4),
+                        "valid_knn_mrr": round(metrics["valid"].get("knn_mrr", 0.0), 4),
+                        "kept_epoch": metrics["selection"]["best_epoch"],
+                        **{k: timings.get(k) for k in ("load_seconds", "eval_seconds", "export_seconds")}}}]
+    for epoch, (seconds, valid) in enumerate(zip(timings["epoch_seconds"], timings["valid_seconds"] or
+                                                  [None] * epochs), start=1):
+        rows.append({"users": users, "stage": f"  epoch {epoch} fit (then valid eval {valid} s)", "rows": per_epoch,
+                     "wall_s": seconds, "cpu_s": None, "peak_mb": None})
+    return rows
+
+
+def bench_size(users: int, work: Path, seed: int, train: Sequence[str] = ()) -> list[dict]:
     csv_path, follows, out = work / f"playlists-{users}.csv", work / f"follows-{users}.csv", work / f"out-{users}"
     rows = []
     stage = _stage(["rawdata.playlist_synth", "--num-users", str(users), "--output", str(csv_path),
@@ -87,6 +116,8 @@ def bench_size(users: int, work: Path, seed: int) -> list[dict]:
     pair = json.loads([line for line in stage["stdout"].splitlines() if line.startswith("PAIR ")][-1][5:])
     rows.append({"users": users, "stage": "pairing alone (load + index + blocks)", "rows": users, **stage,
                  "detail": pair})
+    for config in train:
+        rows += bench_training(users, out, work, config)
     return rows
 
 
@@ -150,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work", type=Path)
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated numbers of users")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", action="append", metavar="CONFIG",
+                        help=f"trainer config to time on each output (repeatable; default {', '.join(DEFAULT_TRAIN)})")
+    parser.add_argument("--no-train", action="store_true", help="time the data side only")
     parser.add_argument("--pair-only", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.pair_only:
@@ -158,15 +192,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.work:
         parser.error("--work is required")
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = [row for size in args.sizes.split(",") for row in bench_size(int(size), args.work, args.seed)]
-    header = f"{'users':>7} {'stage':<40} {'rows':>9} {'wall s':>7} {'cpu s':>7} {'rows/s':>8} {'peak MB':>8}"
+    train = () if args.no_train else tuple(args.train or DEFAULT_TRAIN)
+    rows = [row for size in args.sizes.split(",") for row in bench_size(int(size), args.work, args.seed, train)]
+    header = f"{'users':>7} {'stage':<48} {'rows':>9} {'wall s':>7} {'cpu s':>7} {'rows/s':>8} {'peak MB':>8}"
     print(header)
     print("-" * len(header))
     for row in rows:
         rate = round(row["rows"] / row["wall_s"]) if row["wall_s"] else 0
         cpu = f"{row['cpu_s']:>7.1f}" if row["cpu_s"] is not None else f"{'':>7}"
         peak = f"{row['peak_mb']:>8}" if row["peak_mb"] is not None else f"{'':>8}"
-        print(f"{row['users']:>7} {row['stage']:<40} {row['rows']:>9} {row['wall_s']:>7.1f} {cpu} {rate:>8} {peak}")
+        print(f"{row['users']:>7} {row['stage']:<48} {row['rows']:>9} {row['wall_s']:>7.1f} {cpu} {rate:>8} {peak}")
         if "detail" in row:
             print(f"{'':>7}   {json.dumps(row['detail'])}")
     for row in rows:

@@ -278,6 +278,26 @@ def test_trial_values_become_trainer_overrides():
         config_lib.resolve(str(REPO / "configs" / "movielens_bpr.yaml"), [f"{k}={v}" for k, v in overrides.items()])
 
 
+def test_every_shipped_search_space_fits_its_config():
+    """configs/X_tune.yaml: a valid space whose metric the model reports and whose every bound the trainer takes."""
+    from cloud import search_space
+
+    spaces = sorted((REPO / "configs").glob("*_tune.yaml"))
+    assert {p.name for p in spaces} >= {f"movielens_{m}_tune.yaml" for m in
+                                        ("mf", "bpr", "gmf", "mlp", "neumf", "neumf_pretrained")}
+    for path in spaces:
+        config_path = path.with_name(path.name.replace("_tune.yaml", ".yaml"))
+        space = search_space.load_search_space(path)
+        config = config_lib.resolve(str(config_path))
+        search_space.check_metric(space, config["model"])
+        for parameter in space["parameters"]:
+            for value in tune._bounds(parameter):
+                resolved = config_lib.resolve(str(config_path), [f"{parameter['id']}={value}"])
+                section, key = parameter["id"].split(".")
+                assert resolved[section][key] == (yaml.safe_load(value) if isinstance(value, str) else value), (
+                    path.name, parameter["id"], value)
+
+
 def _space(path: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "metric": {"id": "rmse", "goal": "MINIMIZE"}, "max_trial_count": 4,

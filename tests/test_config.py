@@ -76,12 +76,16 @@ def test_coercion_rules():
             coerce(value, annotation, "k")
 
 
-def test_gnn_yaml_is_the_defaults_with_use_ids_off():
+def test_gnn_yaml_is_the_defaults_with_use_ids_off_and_the_chosen_post_processing():
     from pathlib import Path
 
     yaml_path = str(Path(__file__).resolve().parents[1] / "configs" / "lastfm_hetero_gnn.yaml")
     config = config_lib.resolve(yaml_path)
-    assert config["hparams"] == config_lib.resolve(None, ["model=hetero_gnn", "hparams.use_ids=false"])["hparams"]
+    # What the YAML's comment says it changes, and nothing else: use_ids off, and the Correct and Smooth /
+    # prior correction values chosen on valid (README, LastFM section).
+    chosen = ["hparams.use_ids=false", "hparams.correct_and_smooth=true", "hparams.cs_correct_alpha=0.5",
+              "hparams.cs_smooth_alpha=0.7", "hparams.prior_correction=0.2"]
+    assert config["hparams"] == config_lib.resolve(None, ["model=hetero_gnn", *chosen])["hparams"]
     with pytest.raises(config_lib.ConfigError, match="unknown edge set"):
         config_lib.resolve(yaml_path, ["hparams.edge_sets=follows+knows"])
     with pytest.raises(config_lib.ConfigError, match="conv must be 'simple' or 'gatv2'"):

@@ -156,6 +156,7 @@ def test_lastfm_pipeline_runs_from_gs_to_gs(client, gcs_emulator, tmp_path):
     names = sorted(b.name for b in client.list_blobs(BUCKET, prefix="lastfm/out/"))
     shards = [f"lastfm/out/{split}/part-0000{i}-of-00002.tfrecord.gz" for split in ("test", "train", "valid") for i in range(2)]
     assert names == sorted([*shards, "lastfm/out/rejected/part-00000-of-00001.jsonl",
+                            "lastfm/out/graph/follows-00000-of-00001.jsonl",
                             "lastfm/out/dataset.json", "lastfm/out/graph_schema.pbtxt"]), names
     assert stale not in names
 

@@ -86,6 +86,7 @@ def _expected_edges(rows) -> dict[str, set]:
 
 
 # --------------------------------------------------------------------------- the graph, built in Beam
+@pytest.mark.slow
 def test_graph_edges_per_level_are_the_split_ratings(tiny):
     levels = sorted({float(r) for _, _, r, _ in tiny["train"]})
     graph_summary = tiny["summary"]["graph"]
@@ -105,6 +106,7 @@ def test_graph_edges_per_level_are_the_split_ratings(tiny):
     assert graph_summary["accounting"]["balanced"]
 
 
+@pytest.mark.slow
 def test_side_features_account_for_every_line(tiny):
     side = tiny["summary"]["graph"]["side_features"]
     users = side["user"]
@@ -124,6 +126,7 @@ def test_side_features_account_for_every_line(tiny):
     assert not vectors[ids["user"].index("7")].any()
 
 
+@pytest.mark.slow
 def test_feature_rows_over_the_reject_limit_fail_with_one_line(tiny, tmp_path):
     bad = tmp_path / "u.user"
     bad.write_text("1|x|M|a|1\n2|y|F|b|1\n3|30|M|c|1\n")
@@ -150,6 +153,7 @@ def test_parsers_and_format_detection():
         rating_graph.detect_feature_format("items.txt", "item", "1 2 3")
 
 
+@pytest.mark.slow
 def test_rerun_of_the_ratings_pipeline_makes_the_graph_stale(tiny, tmp_path):
     """A graph built from other splits is refused with what to run, not silently used."""
     from trainer import data as data_lib, rating_graph as graph_data
@@ -167,9 +171,11 @@ FIT = ("train.epochs=8", "train.steps_per_epoch=5", "train.learning_rate=0.02", 
 
 @pytest.fixture(scope="module")
 def full(tiny):
-    return run_experiment("movielens_gcmc.yaml", tiny["data"], tiny["root"] / "full", *FIT)
+    # With the moving average of the weights: the kept epoch, the test metrics and the export all use it.
+    return run_experiment("movielens_gcmc.yaml", tiny["data"], tiny["root"] / "full", *FIT, "hparams.ema_decay=0.9")
 
 
+@pytest.mark.slow
 def test_full_graph_fit_learns_the_planted_tastes(full, tiny):
     train_mean = np.mean([r for _, _, r, _ in tiny["train"]])
     baseline = float(np.sqrt(np.mean([(r - train_mean) ** 2 for _, _, r, _ in tiny["test"]])))
@@ -179,6 +185,7 @@ def test_full_graph_fit_learns_the_planted_tastes(full, tiny):
     assert full.valid["rmse"] == pytest.approx(min(full.history["val_rmse"]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_export_answers_raw_ids_like_the_evaluation_and_unknown_ids(full, tiny):
     import tensorflow as tf
 
@@ -197,6 +204,7 @@ def test_export_answers_raw_ids_like_the_evaluation_and_unknown_ids(full, tiny):
     assert float(np.sqrt(np.mean((served - actual) ** 2))) == pytest.approx(full.test["rmse"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_sampled_subgraph_with_every_edge_encodes_like_the_full_graph(tiny):
     """The sampler's exact mode (fanout None) gives the seeds the states the whole graph gives them."""
     import tensorflow as tf
@@ -221,6 +229,54 @@ def test_sampled_subgraph_with_every_edge_encodes_like_the_full_graph(tiny):
         assert np.all(edge_set[G.WEIGHT].numpy() >= 1.0)
 
 
+@pytest.mark.slow
+def test_moving_average_of_the_weights_is_evaluated_and_restored(tiny):
+    """ema_decay: after every step a = d a + (1 - d) w, d = min(ema_decay, (1 + step) / (10 + step)); swapped in and back."""
+    import tensorflow as tf
+
+    from trainer import data as data_lib, hparams, rating_graph as graph_data
+    from trainer.models import gcmc
+
+    with pytest.raises(ValueError, match="ema_decay"):
+        hparams.GCMC(ema_decay=1.0)
+    graphs = graph_data.load(data_lib.load_data_info(str(tiny["data"])))
+    users, items, ratings = graph_data.split_pairs(graphs.info, "train")
+    batch = graph_data.pair_batch(graphs.graph("train"), {"user_index": tf.constant(users),
+                                                           "item_index": tf.constant(items),
+                                                           "rating": tf.constant(ratings)})
+    plain = gcmc.build_model(hparams.GCMC(hidden_dim=40, out_dim=8), graphs.model_info)
+    plain(batch)
+    plain.track_averages()
+    assert plain.averages == []  # ema_decay 0: no averages, evaluation uses the weights as they are
+    model = gcmc.build_model(hparams.GCMC(hidden_dim=40, out_dim=8, dropout=0.2, ema_decay=0.6), graphs.model_info)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    model(batch)
+    model.track_averages()
+    assert len(model.averages) == len(model.trainable_variables) >= 6
+    expected = [v.numpy() for v in model.trainable_variables]
+    steps = tf.data.Dataset.from_tensors(batch).repeat()
+    for step in range(1, 5):
+        model.fit(steps, steps_per_epoch=1, epochs=1, verbose=0)
+        decay = min(0.6, (1 + step) / (10 + step))  # 0.18, 0.25, 0.31, then 0.6 (warmed up)
+        expected = [decay * a + (1 - decay) * w.numpy() for a, w in zip(expected, model.trainable_variables)]
+    for average, value in zip(model.averages, expected):
+        np.testing.assert_allclose(average.numpy(), value, rtol=1e-5, atol=1e-6)
+    current = [v.numpy() for v in model.trainable_variables]
+    assert max(np.abs(c - e).max() for c, e in zip(current, expected)) > 1e-3  # the average is not the weights
+    logits = model(batch).numpy()
+    with model.averaged_weights():
+        for weight, value in zip(model.trainable_variables, expected):
+            np.testing.assert_allclose(weight.numpy(), value, rtol=1e-5, atol=1e-6)
+        averaged_logits = model(batch).numpy()
+    for weight, value in zip(model.trainable_variables, current):
+        np.testing.assert_array_equal(weight.numpy(), value)  # restored exactly after the block
+    assert np.abs(averaged_logits - logits).max() > 1e-4
+    np.testing.assert_array_equal(model(batch).numpy(), logits)
+    # The averages are weights of the model: the kept epoch's weights and a relaunch's backup carry them.
+    assert all(any(a is w for w in model.weights) for a in model.averages)
+
+
+@pytest.mark.slow
 def test_sampled_fit_with_side_features_learns(tiny):
     """The sampled path (4 edges per seed and level; exact evaluation in chunks) with the side-feature layer."""
     train_mean = np.mean([r for _, _, r, _ in tiny["train"]])

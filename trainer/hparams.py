@@ -345,6 +345,8 @@ class GCMC:
       fanout: sampled: edges sampled per node and rating level (up to; all when fewer).
       eval_batch_pairs: sampled: (user, item) pairs per subgraph of the exact evaluation
         (every neighbour of their nodes, no sampling).
+      ema_decay: evaluate and export an exponential moving average of the weights with
+        this decay (the authors' code: 0.995, warmed up over the first steps); 0 turns it off.
       seed: initialisation and dropout seed.
     """
 
@@ -362,6 +364,7 @@ class GCMC:
     sampled: bool = False
     fanout: int = 20
     eval_batch_pairs: int = 4096
+    ema_decay: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -376,3 +379,5 @@ class GCMC:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")

@@ -30,6 +30,7 @@ cross-entropy of the observed level.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -248,6 +249,47 @@ class GCMC(tfrs.models.Model):
         })
         self.decoder = BilinearDecoder(num_levels, config.num_basis, config.seed, name="decoder")
         self.rmse_metric = tf.keras.metrics.RootMeanSquaredError(name="rmse")
+        self.averages: list[tf.Variable] = []  # exponential moving averages of the weights (ema_decay > 0)
+
+    def track_averages(self) -> None:
+        """Creates the moving averages of the trainable weights (call once they exist, in the strategy scope).
+
+        As the authors' code does (``tf.train.ExponentialMovingAverage`` with the step
+        count): after every step ``a = d a + (1 - d) w`` with ``d = min(ema_decay,
+        (1 + step) / (10 + step))``. Evaluation and export use the averages
+        (``averaged_weights``); they are weights of the model, so the kept epoch's
+        checkpoint and a relaunch's backup carry them.
+        """
+        if self.config.ema_decay <= 0 or self.averages:
+            return
+        # ONLY_FIRST_REPLICA: every replica holds the same weights; the update runs in replica context.
+        self.averages = [tf.Variable(v.read_value(), trainable=False, name=f"average/{v.name.split(':')[0]}",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                         for v in self.trainable_variables]
+
+    def train_step(self, inputs):
+        logs = super().train_step(inputs)
+        if self.averages:
+            step = tf.cast(self.optimizer.iterations, tf.float32)
+            decay = tf.minimum(self.config.ema_decay, (1.0 + step) / (10.0 + step))
+            for average, weight in zip(self.averages, self.trainable_variables):
+                average.assign(decay * average + (1.0 - decay) * weight)
+        return logs
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """The trainable weights replaced by their moving averages inside the block (no-op without them)."""
+        if not self.averages:
+            yield self
+            return
+        current = [v.read_value() for v in self.trainable_variables]
+        for weight, average in zip(self.trainable_variables, self.averages):
+            weight.assign(average)
+        try:
+            yield self
+        finally:
+            for weight, value in zip(self.trainable_variables, current):
+                weight.assign(value)
 
     def get_config(self) -> dict[str, Any]:
         return {"config": dataclasses.asdict(self.config), "graph": dataclasses.asdict(self.graph_info)}

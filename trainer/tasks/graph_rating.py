@@ -89,6 +89,7 @@ class GraphRatingTask(Task):
             model(graph_data.pair_batch(self.graphs.graph(self._train_graph), pairs))
         else:
             model(graph_data.sampled_batch(self.graphs.sampler(self._train_graph, 2), pairs))
+        model.track_averages()
 
     # ------------------------------------------------------------------ evaluation
     def _split_pairs(self, split: str):
@@ -144,15 +145,17 @@ class GraphRatingTask(Task):
         return (np.concatenate(predicted) if predicted else np.zeros(0, np.float32)), ratings
 
     def evaluate(self, model, split: str) -> dict[str, Any]:
-        """RMSE and MAE over every row of ``split`` (``{}`` when it has none)."""
+        """RMSE and MAE over every row of ``split`` (``{}`` when it has none), with the averaged weights if any."""
         if not self.info.rows(split):
             return {}
-        predicted, actual = self.predict(model, split)
+        with model.averaged_weights():
+            predicted, actual = self.predict(model, split)
         return {"rmse": metrics.rmse(predicted, actual), "mae": metrics.mae(predicted, actual),
                 "num_examples": int(actual.size),
                 "message_passing_graph": "train" if split == "valid" else "train_valid"}
 
     def export(self, model, export_dir: str) -> None:
-        user_states, item_states = self.node_states(model, "train_valid")
-        server = self._module.ServingGCMC(model, user_states, item_states)
+        with model.averaged_weights():
+            user_states, item_states = self.node_states(model, "train_valid")
+            server = self._module.ServingGCMC(model, user_states, item_states)
         export.export_rating_model(server, self.info, export_dir)

@@ -540,6 +540,8 @@ def pipeline_main(name: str, run: Callable[[Sequence[str] | None], dict[str, Any
         logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
     try:
         summary = run(argv)
+        if DRY_RUN_KEY in summary:
+            describe = describe_dataflow_job
     except PipelineInputError as error:
         print(f"{name} pipeline: error: {str(error).replace(INPUT_ERROR_MARKER, '', 1)}", file=sys.stderr)
         return 2
@@ -685,6 +687,68 @@ def clear_outputs(output: str, names: Sequence[str]) -> None:
         elif path.startswith("gs://") and name not in (MARKER, f"{MARKER}.tmp"):
             logging.info("Removing earlier outputs under %s/", path)
             FileSystems.delete([path.rstrip("/") + "/"])
+
+
+DRY_RUN_KEY = "dataflow_dry_run"  # the key of the summary a --dry_run=True DataflowRunner build returns
+
+
+def is_dataflow_dry_run(options) -> bool:
+    """Whether ``options`` ask for Beam's own Dataflow dry run (``--runner DataflowRunner --dry_run=True``)."""
+    from apache_beam.options.pipeline_options import StandardOptions, TestOptions
+
+    runner = options.view_as(StandardOptions).runner
+    return bool(options.view_as(TestOptions).dry_run) and "dataflow" in str(runner or "").lower()
+
+
+def gcs_emulated() -> bool:
+    """Whether gs:// goes to a storage emulator (``STORAGE_EMULATOR_HOST``, as the Cloud Storage client reads it)."""
+    return bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+def build_dataflow_job(pipeline, output: str) -> dict[str, Any]:
+    """Builds the Dataflow job of ``pipeline`` with Beam's ``--dry_run`` and describes it; nothing is submitted.
+
+    The DataflowRunner translates the pipeline, resolves the worker environment
+    (``--sdk_container_image`` or Beam's image for this Python and Beam version)
+    and packages what it would stage (``--setup_file`` as an sdist), then returns
+    before any request. The pipeline's own writes never happen, so ``output``
+    is neither cleared nor written and no ``dataset.json`` appears.
+
+    Returns:
+      ``{DRY_RUN_KEY: {"job_name", "project", "region", "steps": [top-level transform names],
+      "worker_images": [...], "staged": [file names], "setup_file", "sdk_container_image", "output"}}``.
+    """
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    result = pipeline.run()
+    job = result.job
+    proto = job.proto_pipeline
+    transforms = proto.components.transforms
+    # The runner wraps the pipeline in one synthetic root; its children are the steps the user wrote.
+    steps = [transforms[child].unique_name for root in proto.root_transform_ids
+             for child in transforms[root].subtransforms]
+    images, staged = [], []
+    for environment in proto.components.environments.values():
+        if environment.urn == "beam:env:docker:v1":
+            images.append(beam_runner_api_pb2.DockerPayload.FromString(environment.payload).container_image)
+        staged += [beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(d.role_payload).staged_name
+                   for d in environment.dependencies]
+    options = job.options.get_all_options()
+    return {DRY_RUN_KEY: {
+        "job_name": job.proto.name, "project": options.get("project"), "region": options.get("region"),
+        "steps": steps, "worker_images": sorted(set(images)), "staged": sorted(set(staged)),
+        "setup_file": options.get("setup_file"), "sdk_container_image": options.get("sdk_container_image"),
+        "output": output}}
+
+
+def describe_dataflow_job(summary: dict[str, Any]) -> str:
+    """The one line ``pipeline_main`` prints for a dry run."""
+    job = summary[DRY_RUN_KEY]
+    worker = (f"worker image {job['sdk_container_image']}" if job["sdk_container_image"]
+              else f"setup file {job['setup_file']} staged as workflow.tar.gz on {', '.join(job['worker_images'])}"
+              if job["setup_file"] else f"worker image {', '.join(job['worker_images'])}")
+    return (f"Dataflow dry run: job {job['job_name']} built, {len(job['steps'])} steps ({', '.join(job['steps'])}); "
+            f"{worker}; nothing was submitted and {job['output']} was not written")
 
 
 def prepare_output(output: str, names: Sequence[str], flag: str = "--output") -> None:

@@ -697,12 +697,14 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     split_file = _read_split_file(args.split_file) if args.split_file else None
     # The TF-GNN sampler resolves relative artifact paths against its own cwd.
     output = args.output if "://" in args.output else os.path.abspath(args.output)
-    common.prepare_output(output, OUTPUT_NAMES)
     label_hints = args.label_hints == "true"
     schema = graph_schema(args.num_classes, label_hints)
 
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
+    dry_run = common.is_dataflow_dry_run(options)
+    if not dry_run:
+        common.prepare_output(output, OUTPUT_NAMES)
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     graph = pipeline | "ReadGraph" >> ReadGraph(edges, targets, features, args.num_classes)
@@ -734,6 +736,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         | "EncodeRejected" >> beam.Map(common.encode_json_line)
         | "WriteRejected" >> common.WriteDeterministicShards(common.join_path(output, "rejected", "part"), 1, kind="jsonl")
     )
+    if dry_run:
+        return common.build_dataflow_job(pipeline, output)
     result = common.run_pipeline(pipeline, output)
     counts = common.read_counters(result)
     from google.protobuf import text_format

@@ -980,11 +980,17 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     }
     rules = {path: (rating_rule, "--rating-range") if rating_rule else default_rating_rule(path, fmt)
              for path, fmt in formats.items()}
-    common.prepare_output(args.output, OUTPUT_NAMES)
-
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
+    dry_run = common.is_dataflow_dry_run(options)
+    if not dry_run:
+        common.prepare_output(args.output, OUTPUT_NAMES)
     temp_location = options.view_as(GoogleCloudOptions).temp_location
+    if dry_run and common.gcs_emulated():
+        # tf.Transform creates its temp directory while the graph is built, through TensorFlow's own
+        # gs:// file system, which cannot be pointed at a storage emulator: a dry run against one
+        # builds with a local temp directory (a real run, or a dry run against GCS, keeps temp_location).
+        temp_location = None
     local_temp = None if temp_location else tempfile.mkdtemp(prefix="movielens-tft-")
     temp_dir = common.join_path(temp_location, "tft") if temp_location else local_temp
 
@@ -1011,6 +1017,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         >> common.WriteDeterministicShards(common.join_path(args.output, "rejected", "part"), 1, kind="jsonl")
     )
     try:
+        if dry_run:
+            return common.build_dataflow_job(pipeline, args.output)
         result = common.run_pipeline(pipeline, args.output)
     finally:
         if local_temp:

@@ -536,12 +536,16 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     inputs = resolve_inputs(args)
     if not inputs["pichl"] and not inputs["mpd"]:
         raise common.PipelineInputError("--input matches only interactions-like files; no playlists to read")
-    common.prepare_output(args.output, OUTPUT_NAMES)
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
+    dry_run = common.is_dataflow_dry_run(options)
+    if not dry_run:
+        common.prepare_output(args.output, OUTPUT_NAMES)
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, inputs, args.output, args, config)
+    if dry_run:
+        return common.build_dataflow_job(pipeline, args.output)
     result = common.run_pipeline(pipeline, args.output)
     counts = common.read_counters(result)
     report = common.read_json(common.join_path(args.output, S.PAIRING_DIR, S.PAIRING_REPORT))

@@ -161,9 +161,11 @@ cloud_help() {
 usage: ./run-cloud.sh preprocess DATASET [--input GCS_PATH] [--name NAME | --output GCS_DIR] [--dry-run]
                                  [-- PIPELINE FLAGS]
 
-Runs python -m beam_pipelines.DATASET on Dataflow (DataflowRunner, --setup_file
-./setup.py, temp/staging under gs://BUCKET/dataflow/, job name DATASET-NAME,
-labels app=recsys-pipelines, job=JOB NAME).
+Runs python -m beam_pipelines.DATASET on Dataflow (DataflowRunner, workers on
+our image --sdk_container_image images.dataflow_worker when it is set (build it:
+build-image --dataflow), else --setup_file ./setup.py; temp/staging under
+gs://BUCKET/dataflow/, job name DATASET-NAME, labels app=recsys-pipelines,
+job=JOB NAME). To check the job graph without submitting: -- --dry_run=True.
 Output: gs://BUCKET/data/DATASET/NAME (NAME defaults to a timestamp). Once the
 pipeline succeeded, that path is written to gs://BUCKET/data/DATASET/LATEST,
 which train and tune read when they get no --data (the dry run prints both).
@@ -177,7 +179,7 @@ Flags after -- go to the pipeline unchanged (e.g. -- --split random
 EOF
       ;;
     build-image) cat <<'EOF'
-usage: ./run-cloud.sh build-image [--serving] [--tag URI] [--dry-run]
+usage: ./run-cloud.sh build-image [--serving | --dataflow] [--tag URI] [--dry-run]
 
 Builds a container with Cloud Build and pushes it to URI, from the repo root:
   gcloud builds submit --config DIR/cloudbuild.yaml \
@@ -190,6 +192,13 @@ Builds a container with Cloud Build and pushes it to URI, from the repo root:
                                python:3.11-slim + TF 2.21, tf-keras, TF-GNN (the
                                training pins) + server.py (port 8080, /health,
                                /predict); URI defaults to images.serving / $VERTEX_SERVING_IMAGE.
+  --dataflow                   the Dataflow worker image: --config
+                               cloud/container/cloudbuild.dataflow.yaml (Beam's
+                               python3.11 SDK image at the pinned Beam + pip install .),
+                               the training image's ignore file; URI defaults to
+                               images.dataflow_worker / $DATAFLOW_WORKER_IMAGE. Once
+                               set there, preprocess runs workers on it
+                               (--sdk_container_image) instead of --setup_file.
 The ignore file uploads only what the Dockerfile copies. URI is an Artifact
 Registry path such as us-central1-docker.pkg.dev/PROJECT/recsys/trainer:latest
 (create the repository once: gcloud artifacts repositories create recsys
@@ -198,6 +207,7 @@ Registry path such as us-central1-docker.pkg.dev/PROJECT/recsys/trainer:latest
 images.train_container or VERTEX_TRAIN_CONTAINER, or pass --container-image.
 
   --serving            build the serving image instead
+  --dataflow           build the Dataflow worker image instead
   --tag URI            the image to build and push
 EOF
       ;;

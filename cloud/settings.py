@@ -26,6 +26,7 @@ ENV_OVERRIDES = {
     "images.train_container": "VERTEX_TRAIN_CONTAINER",
     "images.train": "VERTEX_TRAIN_IMAGE",
     "images.serving": "VERTEX_SERVING_IMAGE",
+    "images.dataflow_worker": "DATAFLOW_WORKER_IMAGE",
     "tensorboard": "VERTEX_TENSORBOARD",
 }
 # Unset: empty, changeme/todo, or a "your-..." word anywhere in a path or URI

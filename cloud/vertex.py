@@ -61,6 +61,11 @@ TRAIN_MODES = ("container", "python_package")
 DEFAULT_TRAIN_MODE = "container"
 CONTAINER_DIR = "cloud/container"  # Dockerfile, cloudbuild.yaml, gcloudignore (paths relative to REPO)
 SERVING_DIR = "cloud/serving_container"  # the prediction server's image: the same three files + server.py
+# The Dataflow worker image (a custom Beam SDK container): its Dockerfile and Cloud Build config sit in
+# CONTAINER_DIR and share the training image's upload allow list (they copy the same files).
+DATAFLOW_DOCKERFILE = f"{CONTAINER_DIR}/Dockerfile.dataflow"
+DATAFLOW_CLOUDBUILD = f"{CONTAINER_DIR}/cloudbuild.dataflow.yaml"
+IMAGE_KINDS = ("train", "serving", "dataflow")
 SDIST = "<sdist of setup.py>"  # stands for the archive build_sdist makes at submission time
 DEFAULT_TIMEOUT = "24h"  # Scheduling.timeout (Vertex's own default is 7 days); scheduling.timeout / --timeout
 # The environment cloud/container/Dockerfile sets (ENV); train --local gives the trainer the same.
@@ -240,6 +245,16 @@ def resolve_data(settings: Mapping[str, Any], data: str | None, dataset: str, *,
 
 # --- Dataflow --------------------------------------------------------------------------------
 
+def dataflow_worker_flags(settings: Mapping[str, Any]) -> list[str]:
+    """How Dataflow workers get this package: our worker image when ``images.dataflow_worker`` is set
+    (``--sdk_container_image``: nothing installed at start-up), else ``--setup_file ./setup.py`` (each
+    worker pip-installs the package and TensorFlow when it starts)."""
+    image = str((settings.get("images") or {}).get("dataflow_worker") or "")
+    if image and not is_placeholder(image):
+        return ["--sdk_container_image", image]
+    return ["--setup_file", "./setup.py"]
+
+
 def dataflow_command(
     settings: Mapping[str, Any], dataset: str, input_path: str | None, output: str | None = None,
     extra: Sequence[str] = (), job_name: str | None = None, python: str = "python", name: str | None = None,
@@ -266,7 +281,7 @@ def dataflow_command(
         "--temp_location", gcs(settings, "dataflow", "temp"),
         "--staging_location", gcs(settings, "dataflow", "staging"),
         "--job_name", job_name,
-        "--setup_file", "./setup.py",
+        *dataflow_worker_flags(settings),
         "--labels", f"{APP_LABEL[0]}={APP_LABEL[1]}",
         "--labels", f"{JOB_LABEL}={label_value(job_name)}",
     ]
@@ -502,36 +517,38 @@ def tuning_job(settings: Mapping[str, Any], display_name: str, space: Mapping[st
 
 # --- training image (Cloud Build) -------------------------------------------------------------
 
-def image_to_build(settings: Mapping[str, Any], tag: str | None = None, serving: bool = False) -> str:
-    """``--tag``, else ``images.train_container`` (``$VERTEX_TRAIN_CONTAINER``) or, for the
-    serving image, ``images.serving`` (``$VERTEX_SERVING_IMAGE``)."""
+def image_to_build(settings: Mapping[str, Any], tag: str | None = None, kind: str = "train") -> str:
+    """``--tag``, else the image setting of ``kind``: ``images.train_container`` (``$VERTEX_TRAIN_CONTAINER``),
+    ``images.serving`` (``$VERTEX_SERVING_IMAGE``) or ``images.dataflow_worker`` (``$DATAFLOW_WORKER_IMAGE``)."""
     if tag:
         if is_placeholder(tag):
             raise CloudError(f"--tag {tag} is a placeholder: name your Artifact Registry repository")
         return tag
-    key, example = ("images.serving", "server") if serving else ("images.train_container", "trainer")
+    name, example = {"train": ("train_container", "trainer"), "serving": ("serving", "server"),
+                     "dataflow": ("dataflow_worker", "beam-worker")}[kind]
     try:
-        require(settings, key)
+        require(settings, f"images.{name}")
     except CloudError as error:
         raise CloudError(f"{error}; or pass --tag URI (e.g. REGION-docker.pkg.dev/PROJECT/REPO/{example}:latest)") from None
-    image = str(settings["images"]["serving" if serving else "train_container"])
-    if serving and prebuilt_prediction_image(image):
+    image = str(settings["images"][name])
+    if kind == "serving" and prebuilt_prediction_image(image):
         raise CloudError(f"images.serving is {image}, a Vertex prebuilt image, not one to build: set it "
                          "(VERTEX_SERVING_IMAGE) to your Artifact Registry URI or pass --tag URI")
     return image
 
 
-def build_image_command(settings: Mapping[str, Any], image: str, gcloud: str = "gcloud", serving: bool = False) -> list[str]:
-    """``gcloud builds submit`` of cloud/container or cloud/serving_container (from the repo root, the context).
+def build_image_command(settings: Mapping[str, Any], image: str, gcloud: str = "gcloud", kind: str = "train") -> list[str]:
+    """``gcloud builds submit`` of the training, serving or Dataflow worker image (from the repo root, the context).
 
     ``--ignore-file`` is the directory's gcloudignore, an allow list of what its Dockerfile
     copies, so .venv, runs/, data/ and .git are not uploaded.
     """
     require(settings, "project")
-    directory = SERVING_DIR if serving else CONTAINER_DIR
+    directory = SERVING_DIR if kind == "serving" else CONTAINER_DIR
+    config = DATAFLOW_CLOUDBUILD if kind == "dataflow" else f"{directory}/cloudbuild.yaml"
     return [
         gcloud, "builds", "submit",
-        "--config", f"{directory}/cloudbuild.yaml",
+        "--config", config,
         "--substitutions", f"_IMAGE={image}",
         "--ignore-file", f"{directory}/gcloudignore",
         "--project", str(settings["project"]),
@@ -818,6 +835,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", metavar="URI", help="image to push (default: images.train_container / $VERTEX_TRAIN_CONTAINER, "
                                                 "with --serving images.serving / $VERTEX_SERVING_IMAGE)")
     p.add_argument("--serving", action="store_true", help="build the prediction server image (cloud/serving_container)")
+    p.add_argument("--dataflow", action="store_true",
+                   help="build the Dataflow worker image (cloud/container/Dockerfile.dataflow, Beam's SDK image + "
+                        "this package; default tag images.dataflow_worker / $DATAFLOW_WORKER_IMAGE)")
     _common(p)
 
     for name, text in (("train", "submit a Vertex AI CustomJob"), ("tune", "submit a Vertex AI HyperparameterTuningJob")):
@@ -962,15 +982,21 @@ def run(args) -> int:
 
     if args.command == "build-image":
         require(settings, "project")
-        image = image_to_build(settings, args.tag, serving=args.serving)
-        command = build_image_command(settings, image, serving=args.serving)
+        if args.serving and args.dataflow:
+            raise CloudError("build-image takes --serving or --dataflow, not both")
+        kind = "serving" if args.serving else "dataflow" if args.dataflow else "train"
+        image = image_to_build(settings, args.tag, kind=kind)
+        command = build_image_command(settings, image, kind=kind)
         if args.dry_run:
             print(shlex.join(command))
             return 0
         command[0] = _gcloud()
         subprocess.run(command, cwd=REPO, check=True)
-        if args.serving:
+        if kind == "serving":
             _info(f"pushed {image}; deploy serves with it: set images.serving (or VERTEX_SERVING_IMAGE)")
+        elif kind == "dataflow":
+            _info(f"pushed {image}; preprocess runs Dataflow workers on it once images.dataflow_worker "
+                  "(or DATAFLOW_WORKER_IMAGE) names it")
         else:
             _info(f"pushed {image}; train with it: set images.train_container (or VERTEX_TRAIN_CONTAINER), "
                   "or pass --container-image")

@@ -399,9 +399,9 @@ def _dockerfile(path: Path = CONTAINER / "Dockerfile") -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines if line and not line.startswith("#")]
 
 
-def _copy_sources() -> list[str]:
+def _copy_sources(path: Path = CONTAINER / "Dockerfile") -> list[str]:
     sources = []
-    for instruction, rest in _dockerfile():
+    for instruction, rest in _dockerfile(path):
         if instruction == "COPY":
             parts = json.loads(rest) if rest.startswith("[") else [p for p in shlex.split(rest) if not p.startswith("--")]
             sources += [part.removeprefix("./").rstrip("/") for part in parts[:-1]]
@@ -855,6 +855,43 @@ def test_build_image_serving_dry_run(cli):
     code, _, err = cli("build-image", "--serving", "--dry-run",
                        VERTEX_SERVING_IMAGE="us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-17:latest")
     _one_line_error(code, err, "a Vertex prebuilt image, not one to build")
+
+
+def test_dataflow_worker_image_build_and_its_use_by_preprocess(cli, monkeypatch):
+    worker = "us-central1-docker.pkg.dev/test-project/recsys/beam-worker:v1"
+    code, out, err = cli("build-image", "--dataflow", "--dry-run", DATAFLOW_WORKER_IMAGE=worker)
+    assert code == 0, err
+    argv = shlex.split(out.strip())
+    flags = dict(zip(argv[3:-1:2], argv[4:-1:2]))
+    assert flags == {"--config": "cloud/container/cloudbuild.dataflow.yaml", "--substitutions": f"_IMAGE={worker}",
+                     "--ignore-file": "cloud/container/gcloudignore", "--project": "test-project"}
+    code, _, err = cli("build-image", "--dataflow", "--dry-run")  # the placeholder of configs/cloud.yaml
+    _one_line_error(code, err, "images.dataflow_worker", "DATAFLOW_WORKER_IMAGE", "--tag URI")
+    code, _, err = cli("build-image", "--dataflow", "--serving", "--dry-run", DATAFLOW_WORKER_IMAGE=worker)
+    _one_line_error(code, err, "--serving or --dataflow, not both")
+    # preprocess: workers on the image when it is set, else the setup file (never both).
+    code, out, err = cli("preprocess", "movielens", "--input", "gs://b/u.data", "--dry-run", DATAFLOW_WORKER_IMAGE=worker)
+    argv = shlex.split(out.strip())
+    assert code == 0 and argv[argv.index("--sdk_container_image") + 1] == worker and "--setup_file" not in argv, err
+    code, out, err = cli("preprocess", "movielens", "--input", "gs://b/u.data", "--dry-run")
+    argv = shlex.split(out.strip())
+    assert code == 0 and "--sdk_container_image" not in argv and argv[argv.index("--setup_file") + 1] == "./setup.py"
+    # The image: Beam's SDK image of setup.py's pinned Beam and Python, every package copied, Beam's entry point kept.
+    setup = _setup_kwargs(monkeypatch)
+    (beam_pin,) = [r for r in setup["install_requires"] if r.startswith("apache-beam")]
+    version = beam_pin.split("==")[1]
+    dockerfile = CONTAINER / "Dockerfile.dataflow"
+    (base_arg,) = [rest for i, rest in _dockerfile(dockerfile) if i == "ARG" and rest.startswith("BEAM_IMAGE=")]
+    assert base_arg == f"BEAM_IMAGE=apache/beam_python3.11_sdk:{version}"
+    build = yaml.safe_load((CONTAINER / "cloudbuild.dataflow.yaml").read_text())
+    (step,) = build["steps"]
+    assert step["args"][step["args"].index("-f") + 1] == "cloud/container/Dockerfile.dataflow"
+    assert f"BEAM_IMAGE={build['substitutions']['_BEAM_IMAGE']}" == base_arg and build["images"] == ["${_IMAGE}"]
+    top_level = {name.split(".")[0] for name in setup["packages"]}
+    assert top_level | {"setup.py"} <= set(_copy_sources(dockerfile))
+    assert set(_copy_sources(dockerfile)) <= set(_copy_sources())  # the training image's upload list covers it
+    assert not [i for i, _ in _dockerfile(dockerfile) if i in ("ENTRYPOINT", "CMD")]  # Beam's boot starts workers
+    assert f"apache_beam.__version__ == '{version}'" in dockerfile.read_text()
 
 
 def test_serving_dockerfile_pins_the_training_tensorflow(monkeypatch):

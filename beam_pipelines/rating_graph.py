@@ -589,8 +589,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
              | "EncodeRejected" >> beam.Map(common.encode_json_line)
              | "WriteRejected" >> common.WriteDeterministicShards(common.join_path(data, G.REJECTED_PREFIX), 1,
                                                                  kind="jsonl"))
-    result = pipeline.run()
-    result.wait_until_finish()
+    result = common.run_pipeline(pipeline, data)  # a damaged input met in a worker: one line, not a traceback
     counts = common.read_counters(result)
     graph = _graph_summary(args, data, summary, feature_files, counts, len(user_ids), len(item_ids))
     from google.protobuf import text_format

@@ -122,3 +122,45 @@ def test_playlists_killed_mid_run_then_rerun_gives_the_same_bytes(tmp_path):
     out = tmp_path / "out"
     _fault_test(playlists, out, ["--input", str(tmp_path / "playlists.csv"), "--interactions",
                                  str(tmp_path / "follows.csv"), "--num-shards", "2", "--output", str(out)])
+
+
+def test_rating_graph_killed_mid_run_then_rerun_gives_the_same_bytes(tmp_path):
+    """The graph is added to a ratings output: its dataset.json section goes first and comes back last."""
+    from beam_pipelines import movielens, rating_graph
+
+    rows = two_taste_ratings(num_users=30, num_items=20, per_user=8, seed=7)
+    (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    (tmp_path / "u.user").write_text("".join(f"{u}|{20 + u}|{'MF'[u % 2]}|writer|0{u:04d}\n" for u in range(1, 31)))
+    out = tmp_path / "out"
+    movielens.run(["--input", str(tmp_path / "u.data"), "--output", str(out), "--num-shards", "2"])
+    argv = ["--data", str(out), "--user-features", str(tmp_path / "u.user")]
+    rating_graph.run(argv)  # the reference, uninterrupted
+    reference = _snapshot(out)
+    assert "graph" in json.loads((out / "dataset.json").read_text()) and any(n.startswith("graph/") for n in reference)
+
+    process = subprocess.Popen([sys.executable, "-m", "beam_pipelines.rating_graph", *argv], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                section_gone = "graph" not in json.loads((out / "dataset.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                section_gone = False
+            if section_gone and (out / "graph").is_dir() and any((out / "graph").iterdir()):
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.005)
+    finally:
+        if process.poll() is None and time.monotonic() >= deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, f"the run was not killed mid-way: {stderr.decode()[-2000:]}"
+    # What the kill left does not look finished: the ratings output is intact, the graph section absent.
+    left = json.loads((out / "dataset.json").read_text())
+    assert "graph" not in left and left["splits"] == json.loads(reference["dataset.json"])["splits"]
+    rating_graph.run(argv)
+    again = _snapshot(out)
+    assert sorted(again) == sorted(reference)
+    changed = [name for name in reference if again[name] != reference[name]]
+    assert not changed, f"files differ from the uninterrupted run: {changed}"

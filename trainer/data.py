@@ -200,6 +200,17 @@ class DataInfo:
         return tft.TFTransformOutput(self.data_dir)
 
 
+def read_graph_schema(path: str, missing: str):
+    """The ``tfgnn.GraphSchema`` text proto at ``path``; ``DataError`` "``path`` is missing``missing``" when absent."""
+    import tensorflow_gnn as tfgnn
+    from google.protobuf import text_format
+
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"{path} is missing{missing}")
+    with tf.io.gfile.GFile(path) as handle:
+        return text_format.Parse(handle.read(), tfgnn.GraphSchema())
+
+
 def load_data_info(data_dir: str, required_features: Sequence[str] = (), model: str = "this model",
                    verify_records: bool = True) -> DataInfo:
     """Reads and checks a ratings pipeline output (``beam_pipelines.movielens``).

@@ -24,7 +24,6 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 import tensorflow_gnn as tfgnn
-from google.protobuf import text_format
 from tensorflow_gnn.experimental import sampler as tfgnn_sampler
 
 from schemas import rating_graph as G
@@ -66,11 +65,7 @@ def graph_summary(info: data.DataInfo) -> dict[str, Any]:
 
 def read_schema(data_dir: str):
     """The rating graph's ``tfgnn.GraphSchema``."""
-    path = f"{data_dir}/{G.SCHEMA_FILE}"
-    if not tf.io.gfile.exists(path):
-        raise data.DataError(f"{path} is missing; {_rerun(data_dir)}")
-    with tf.io.gfile.GFile(path) as handle:
-        return text_format.Parse(handle.read(), tfgnn.GraphSchema())
+    return data.read_graph_schema(f"{data_dir}/{G.SCHEMA_FILE}", f"; {_rerun(data_dir)}")
 
 
 def graph_spec(schema) -> tfgnn.GraphTensorSpec:

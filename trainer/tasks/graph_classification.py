@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_gnn as tfgnn
-from google.protobuf import text_format
 from tensorflow_gnn import runner
 
 from schemas import lastfm as schema_names
@@ -59,11 +58,8 @@ STAGE_GNN, STAGE_SMOOTH, STAGE_PRIOR = "gnn", "+ correct and smooth", "+ prior c
 
 def read_schema(data_dir: str):
     """The pipeline's ``tfgnn.GraphSchema`` (``graph_schema.pbtxt``)."""
-    path = f"{data_dir}/{schema_names.SCHEMA_FILE}"
-    if not tf.io.gfile.exists(path):
-        raise data.DataError(f"{path} is missing: not a complete {data.PIPELINES['lastfm']} output")
-    with tf.io.gfile.GFile(path) as handle:
-        return text_format.Parse(handle.read(), tfgnn.GraphSchema())
+    return data.read_graph_schema(f"{data_dir}/{schema_names.SCHEMA_FILE}",
+                                  f": not a complete {data.PIPELINES['lastfm']} output")
 
 
 def graph_spec(schema):

@@ -182,3 +182,16 @@ def test_a_missing_table_is_one_clear_error(trained, tmp_path):
     (copy / S.CANDIDATES_DIR / "part-00000-of-00001.tfrecord.gz").unlink()
     with pytest.raises(data_lib.DataError, match="candidates shard .* is missing; .* rerun python -m beam_pipelines"):
         playlists.load_playlist_data(str(copy), model="playlist_bpr", verify_records=False)
+
+
+@pytest.mark.slow
+def test_leaderboard_rows_show_the_playlist_metrics(trained):
+    from workflows import leaderboard
+
+    rows = [{"model": r.model, "task": r.task, "data": r.data, "valid": r.valid, "test": r.test,
+             "best_epoch": r.selection["best_epoch"], "epochs_run": r.selection["epochs_run"],
+             "train_seconds": r.timings["train_seconds"], "examples_per_second": r.timings["train_examples_per_second"]}
+            for r in (trained["tracks"], trained["ids"])]
+    table = leaderboard.markdown_table(rows).splitlines()
+    assert table[2].startswith("| playlist_tracks_bpr | playlist_ranking | out | mrr ")
+    assert "knn_mrr" in table[2] and "hit@5" in table[3] and table[3].startswith("| playlist_bpr |")

@@ -278,6 +278,23 @@ def test_trial_values_become_trainer_overrides():
         config_lib.resolve(str(REPO / "configs" / "movielens_bpr.yaml"), [f"{k}={v}" for k, v in overrides.items()])
 
 
+def test_a_resumed_session_does_not_replay_the_first_sessions_draws(tmp_path):
+    """Same seed, new process: the sampler is seeded past the trials already stored (once a kill had a resumed
+    TPE session propose exactly the point the interrupted trial had, so it ran twice)."""
+    definition = {"space": {"algorithm": "RANDOM_SEARCH", "parameters": [
+        {"id": "train.learning_rate", "type": "double", "min": 1e-4, "max": 1e-2, "scale": "log"},
+        {"id": "hparams.l2_embedding", "type": "double", "min": 0.01, "max": 0.3}]},
+        "seed": 0, "trials": 6, "parallel": 1, "goal": "MINIMIZE", "pruner": "none", "prune_after": 1}
+    seen = []
+    for _session in range(3):  # each _load is what a new tune process does
+        study = tune._load(tmp_path, definition)
+        for _ in range(2):
+            trial = study.ask()
+            seen.append(tuple(tune.suggest(trial, definition["space"])))
+            study.tell(trial, 1.0)
+    assert len(set(seen)) == 6, seen
+
+
 def test_every_shipped_search_space_fits_its_config():
     """configs/X_tune.yaml: a valid space whose metric the model reports and whose every bound the trainer takes."""
     from cloud import search_space

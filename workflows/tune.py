@@ -37,7 +37,9 @@ What a study does:
   ``train.epochs``, and once 3 trials finished). ``--pruner none`` turns it off.
 * **Resumable**: the study lives in ``STUDY/study.db`` (SQLite); rerun the same command
   after a kill and it goes on to ``--trials`` trials. A trial the kill interrupted is
-  marked failed (``interrupted``) and its values are queued again. Another study in the
+  marked failed (``interrupted``) and its values are queued again. The resumed session's
+  sampler is seeded past the first one's (seed + 1000 x trials so far), so it does not
+  propose the same points again. Another study in the
   same directory (other config, space, data or ``--set``) is refused with one line.
 * **Parallel**: ``--parallel K`` runs K worker processes on the same study (SQLite with a
   lock around choosing the next trial, so exactly ``--trials`` trials run).
@@ -250,10 +252,16 @@ def _storage(study_dir: Path):
                                       engine_kwargs={"connect_args": {"timeout": 120}})
 
 
-def _sampler(definition: Mapping[str, Any], worker: int):
+def _sampler(definition: Mapping[str, Any], worker: int, existing: int = 0):
+    """The space's sampler, seeded with ``seed + worker + 1000 * existing`` (trials already in the study).
+
+    ``existing`` keeps a resumed session from replaying the first session's random stream:
+    with the same seed, a fresh TPE sampler proposed exactly the point an interrupted trial
+    had (re-queued, so run twice).
+    """
     import optuna
 
-    space, seed = definition["space"], definition["seed"] + worker
+    space, seed = definition["space"], definition["seed"] + worker + 1000 * existing
     if space["algorithm"] == "RANDOM_SEARCH":
         return optuna.samplers.RandomSampler(seed=seed)
     if space["algorithm"] == "GRID_SEARCH":
@@ -278,8 +286,13 @@ def _load(study_dir: Path, definition: Mapping[str, Any], worker: int = 0):
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna.create_study(storage=_storage(study_dir), study_name=STUDY_NAME, load_if_exists=True,
-                               direction=definition["goal"].lower(), sampler=_sampler(definition, worker),
+    storage = _storage(study_dir)
+    try:
+        existing = len(storage.get_all_trials(storage.get_study_id_from_name(STUDY_NAME), deepcopy=False))
+    except KeyError:  # a new study
+        existing = 0
+    return optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
+                               direction=definition["goal"].lower(), sampler=_sampler(definition, worker, existing),
                                pruner=_pruner(definition))
 
 

@@ -74,8 +74,11 @@ def test_one_epoch_fit_writes_ranking_metrics(fitted, tiny, name):
         for key in ("hr@10", "ndcg@10", "mrr", "hit@1", "hit@5", "full_recall@10", "full_ndcg@10"):
             assert 0.0 <= evaluation[key] <= 1.0, key
     assert np.isfinite(result.history["loss"]).all()
-    # The epoch is chosen on valid ndcg@10 (exact, measured after every epoch), never on test.
-    assert result.selection["monitor"] == "ndcg@10" and "val_ndcg@10" in result.history
+    # The epoch is chosen on a valid metric (exact, measured after every epoch), never on test: the task's
+    # default ndcg@10, or the config's train.monitor (BPR: mrr, the metric its search space tunes).
+    expected = result.config["train"].get("monitor") or "ndcg@10"
+    assert result.selection["monitor"] == expected and f"val_{expected}" in result.history
+    assert "val_ndcg@10" in result.history
     assert "val_mrr" in result.history and not any(k.startswith("test") for k in result.history)
     assert (tiny["root"] / f"job-{name}" / "export" / "saved_model.pb").exists()
     written = json.loads((tiny["root"] / f"job-{name}" / "metrics.json").read_text())

@@ -73,12 +73,16 @@ def gcs_emulator():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with ``slow`` tests first, so pytest-xdist (``--dist loadfile``) starts the long files early.
+    """Files with the most ``slow`` tests first, so pytest-xdist (``--dist loadfile``) starts the long files early.
 
-    Otherwise the last long file to be handed out decides the wall time of the suite.
+    Otherwise the last long file to be handed out decides the wall time of the suite (measured: one worker
+    alone for the last 5 of 23 minutes when every slow file counted the same).
     """
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: keeps the order within each group
+    slow = {}
+    for item in items:
+        if item.get_closest_marker("slow"):
+            slow[item.path] = slow.get(item.path, 0) + 1
+    items.sort(key=lambda item: -slow.get(item.path, 0))  # stable: keeps the order within each file
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -57,14 +58,19 @@ def _writing(out: Path) -> bool:
         return False
 
 
-def _kill_when_writing(module: str, argv: list[str], out: Path, timeout: float = 300) -> None:
+def _kill_when_writing(module: str, argv: list[str], out: Path) -> None:
     """Starts ``python -m module argv`` and SIGKILLs it once it has removed the marker and written a shard."""
+    _kill_when(module, argv, lambda: not (out / "dataset.json").exists() and _writing(out))
+
+
+def _kill_when(module: str, argv: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
+    """Starts ``python -m module argv`` and SIGKILLs it as soon as ``ready()``; fails if it ended first."""
     process = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            if not (out / "dataset.json").exists() and _writing(out):
+            if ready():
                 os.killpg(process.pid, signal.SIGKILL)
                 break
             time.sleep(0.005)
@@ -138,24 +144,14 @@ def test_rating_graph_killed_mid_run_then_rerun_gives_the_same_bytes(tmp_path):
     reference = _snapshot(out)
     assert "graph" in json.loads((out / "dataset.json").read_text()) and any(n.startswith("graph/") for n in reference)
 
-    process = subprocess.Popen([sys.executable, "-m", "beam_pipelines.rating_graph", *argv], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                section_gone = "graph" not in json.loads((out / "dataset.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                section_gone = False
-            if section_gone and (out / "graph").is_dir() and any((out / "graph").iterdir()):
-                os.killpg(process.pid, signal.SIGKILL)
-                break
-            time.sleep(0.005)
-    finally:
-        if process.poll() is None and time.monotonic() >= deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, f"the run was not killed mid-way: {stderr.decode()[-2000:]}"
+    def graph_half_written() -> bool:
+        try:
+            section_gone = "graph" not in json.loads((out / "dataset.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        return section_gone and (out / "graph").is_dir() and any((out / "graph").iterdir())
+
+    _kill_when("beam_pipelines.rating_graph", argv, graph_half_written)
     # What the kill left does not look finished: the ratings output is intact, the graph section absent.
     left = json.loads((out / "dataset.json").read_text())
     assert "graph" not in left and left["splits"] == json.loads(reference["dataset.json"])["splits"]

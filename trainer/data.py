@@ -23,6 +23,7 @@ import json
 import math
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -333,6 +334,20 @@ class ShardedBatches:
 def local_dataset(info: DataInfo, split: str, batch_size: int, keys: Sequence[str] | None = None) -> tf.data.Dataset:
     """Every row of a split, in file order, for exact evaluation in one process."""
     return parsed_dataset(info.files(split), info.feature_spec, batch_size, shuffle=False, keys=keys)
+
+
+def rating_arrays(info: DataInfo, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user indices int64, item indices int64, ratings float32) of every example of ``split``, in file order."""
+    from schemas import ratings as F
+
+    users, items, ratings = [], [], []
+    for batch in local_dataset(info, split, 65536, keys=(F.USER_INDEX, F.ITEM_INDEX, F.RATING)):
+        users.append(batch[F.USER_INDEX].numpy())
+        items.append(batch[F.ITEM_INDEX].numpy())
+        ratings.append(batch[F.RATING].numpy())
+    if not users:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(users), np.concatenate(items), np.concatenate(ratings).astype(np.float32)
 
 
 def steps_for(rows: int, global_batch: int) -> int:

@@ -267,11 +267,4 @@ class GraphBatches:
 
 def split_pairs(info: data.DataInfo, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user indices, item indices, ratings) of every example of ``split``, in file order."""
-    users, items, ratings = [], [], []
-    for batch in data.local_dataset(info, split, 65536, keys=PAIR_KEYS):
-        users.append(batch[F.USER_INDEX].numpy())
-        items.append(batch[F.ITEM_INDEX].numpy())
-        ratings.append(batch[F.RATING].numpy())
-    if not users:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(users), np.concatenate(items), np.concatenate(ratings)
+    return data.rating_arrays(info, split)

@@ -32,7 +32,6 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from schemas import ratings as F
 from trainer import hparams
 from trainer.models import mf
 
@@ -58,14 +57,7 @@ def build_model(config: Config, info, global_batch_size: int) -> mf.MatrixFactor
 def _load(info, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from trainer import data
 
-    users, items, ratings = [], [], []
-    for batch in data.local_dataset(info, split, 65536, keys=REQUIRED_FEATURES):
-        users.append(batch[F.USER_INDEX].numpy())
-        items.append(batch[F.ITEM_INDEX].numpy())
-        ratings.append(batch[F.RATING].numpy())
-    if not users:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(users), np.concatenate(items), np.concatenate(ratings).astype(np.float32)
+    return data.rating_arrays(info, split)
 
 
 class _Sampler(tf.Module):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -134,7 +135,8 @@ def _check_shards(dataset: Dataset, split: str, hint: str, verify_records: bool)
             counted += int(tf.data.TFRecordDataset(path, compression_type="GZIP").reduce(
                 tf.constant(0, tf.int64), lambda count, _: count + 1))
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
-            reason = str(error).splitlines()[0][:160]
+            # TensorFlow prefixes the reason with the graph function it ran in ("{{function_node ...}}").
+            reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error)).splitlines()[0][:160]
             raise DataError(f"{path} is corrupt or truncated ({reason}); rerun {hint}") from None
     if counted != expected:
         raise DataError(f"{split} holds {counted} examples but dataset.json says {expected}; "

@@ -286,3 +286,47 @@ def test_sampled_fit_with_side_features_learns(tiny):
                             "train.refit=false")
     assert result.test["rmse"] < 0.75 * baseline, (result.test, baseline)
     assert result.config["hparams"]["side_features"] is True and result.cluster["steps_per_epoch"] == 5
+
+
+def test_in_memory_pairs_are_a_new_permutation_every_epoch():
+    """The full-graph input: every row once per epoch, a fresh order each epoch, the same order for the same seed."""
+    from trainer import rating_graph as graph_data
+
+    pairs = {"user_index": np.arange(10, dtype=np.int64), "item_index": np.arange(10, 20, dtype=np.int64),
+             "rating": np.linspace(1, 5, 10).astype(np.float32)}
+
+    def epochs(seed, count=3, batch=4):
+        batches = list(graph_data.pair_dataset(pairs, batch, seed=seed).take(count * 3))
+        assert [int(b["rating"].shape[0]) for b in batches] == [4, 4, 2] * count  # the last batch of an epoch is smaller
+        out = []
+        for e in range(count):
+            part = batches[3 * e:3 * e + 3]
+            users = np.concatenate([b["user_index"].numpy() for b in part])
+            items = np.concatenate([b["item_index"].numpy() for b in part])
+            assert sorted(users.tolist()) == list(range(10))
+            np.testing.assert_array_equal(items, users + 10)  # rows stay whole
+            out.append(users.tolist())
+        return out
+
+    first = epochs(seed=3)
+    assert first == epochs(seed=3)
+    assert len({tuple(e) for e in first}) == 3  # reshuffled every epoch
+    assert first != epochs(seed=4)
+
+
+@pytest.mark.slow
+def test_in_memory_pairs_split_the_shards_between_input_pipelines(tiny):
+    from trainer import data as data_lib, rating_graph as graph_data
+
+    info = data_lib.load_data_info(str(tiny["data"]))
+    files = info.files("train")
+    users, items, ratings = graph_data.split_pairs(info, "train")
+    whole = graph_data.memory_pairs(info, files)
+    np.testing.assert_array_equal(whole["user_index"], users)
+    np.testing.assert_array_equal(whole["rating"], ratings)
+    parts = [graph_data.memory_pairs(info, files, 2, k) for k in range(2)]
+    assert all(p["rating"].size for p in parts)
+    rows = lambda d: sorted(zip(d["user_index"].tolist(), d["item_index"].tolist()))  # noqa: E731
+    assert sorted(rows(parts[0]) + rows(parts[1])) == rows(whole)
+    with pytest.raises(data_lib.DataError, match="shards"):
+        graph_data.memory_pairs(info, files, len(files) + 1, 0)

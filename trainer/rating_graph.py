@@ -239,9 +239,15 @@ def known_pairs(batch: dict[str, tf.Tensor], num_users: int, num_items: int) -> 
 class GraphBatches:
     """A ``runner.DatasetProvider`` of shuffled rating pairs, each batch with its graph (whole or sampled).
 
-    Each input pipeline reads its own shards (``data.parsed_dataset``), as for MF. Pairs
-    with an id that is no node (only valid rows, in the refit) are left out: there is
-    nothing to encode them from.
+    Each input pipeline reads its own shards, as for MF. Pairs with an id that is no
+    node (only valid rows, in the refit) are left out: there is nothing to encode them from.
+
+    * full graph: the pipeline's pairs are parsed once into memory (``memory_pairs``;
+      3 numbers a row, far less than the graph every batch carries) and every epoch is
+      a fresh permutation of them (``pair_dataset``). Parsing the gzip TFRecords again
+      for every full-batch step cost about as much as the step itself on ML-100K.
+    * sampled: streamed from the shards (``data.parsed_dataset``, shuffle buffer), for
+      releases whose pairs are many.
     """
 
     def __init__(self, graphs: RatingGraphs, graph_name: str, splits: Sequence[str], per_replica_batch: int, *,
@@ -256,13 +262,63 @@ class GraphBatches:
         if self._sampled:
             sampler = self._graphs.sampler(self._graph_name, self._fanout)
             batch_map = lambda batch: sampled_batch(sampler, known_pairs(batch, info.num_users, info.num_items))  # noqa: E731
-        else:
-            graph = self._graphs.graph(self._graph_name)
-            batch_map = lambda batch: pair_batch(graph, known_pairs(batch, info.num_users, info.num_items))  # noqa: E731
-        return data.parsed_dataset(
-            self._files, self._graphs.info.feature_spec, self._batch, shuffle=True, shuffle_buffer=self._buffer,
-            seed=self._seed, num_input_pipelines=context.num_input_pipelines,
-            input_pipeline_id=context.input_pipeline_id, keys=PAIR_KEYS, batch_map=batch_map)
+            return data.parsed_dataset(
+                self._files, self._graphs.info.feature_spec, self._batch, shuffle=True, shuffle_buffer=self._buffer,
+                seed=self._seed, num_input_pipelines=context.num_input_pipelines,
+                input_pipeline_id=context.input_pipeline_id, keys=PAIR_KEYS, batch_map=batch_map)
+        graph = self._graphs.graph(self._graph_name)
+        pairs = memory_pairs(self._graphs.info, self._files, context.num_input_pipelines, context.input_pipeline_id)
+        return pair_dataset(pairs, self._batch, seed=self._seed,
+                            batch_map=lambda batch: pair_batch(graph, known_pairs(batch, info.num_users, info.num_items)))
+
+
+def memory_pairs(info: data.DataInfo, files: Sequence[str], num_input_pipelines: int = 1,
+                 input_pipeline_id: int = 0) -> dict[str, np.ndarray]:
+    """The (user, item, rating) rows of one input pipeline's shards, parsed once, in file order.
+
+    The shards are split between input pipelines as ``data.parsed_dataset`` splits them
+    (every ``num_input_pipelines``-th file), so workers train on disjoint rows.
+
+    Raises:
+      data.DataError: fewer shards than input pipelines.
+    """
+    with tf.init_scope():  # read eagerly even when called while a function is traced
+        rows = data.parsed_dataset(files, info.feature_spec, 65536, shuffle=False, keys=PAIR_KEYS,
+                                   num_input_pipelines=num_input_pipelines, input_pipeline_id=input_pipeline_id)
+        parts = {key: [] for key in PAIR_KEYS}
+        for batch in rows:
+            for key in PAIR_KEYS:
+                parts[key].append(batch[key].numpy())
+    return {key: np.concatenate(value) if value else np.zeros(0, info.feature_spec[key].dtype.as_numpy_dtype)
+            for key, value in parts.items()}
+
+
+def pair_dataset(pairs: dict[str, np.ndarray], batch_size: int, *, seed: int, batch_map=None) -> tf.data.Dataset:
+    """Endless batches of in-memory rating pairs: every epoch (one pass) a new permutation of all of them.
+
+    Epoch ``e``'s order is a stateless function of ``(seed, e)`` (the same run after run);
+    its last batch may be smaller, as in ``data.parsed_dataset``. ``batch_map`` is applied
+    to every batch.
+    """
+    rows = int(next(iter(pairs.values())).shape[0])
+    if rows == 0:
+        raise data.DataError("no training examples in this input pipeline's shards")
+    tensors = {key: tf.constant(value) for key, value in pairs.items()}
+    batches = -(-rows // batch_size)
+
+    def epoch(index):
+        noise = tf.random.stateless_uniform([rows], seed=tf.stack([tf.constant(seed, tf.int64), index]))
+        order = tf.argsort(noise, stable=True)
+        shuffled = {key: tf.gather(value, order) for key, value in tensors.items()}
+        return tf.data.Dataset.range(batches).map(
+            lambda b: {key: value[b * batch_size:(b + 1) * batch_size] for key, value in shuffled.items()})
+
+    dataset = tf.data.Dataset.range(np.iinfo(np.int64).max).flat_map(epoch)
+    if batch_map is not None:
+        dataset = dataset.map(batch_map, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def split_pairs(info: data.DataInfo, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

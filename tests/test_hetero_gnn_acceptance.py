@@ -1,8 +1,6 @@
 """LastFM GNN acceptance: the real graph end to end, and the edge-type ablation on generated data (slow)."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.conftest import run_experiment, shared_file
@@ -14,7 +12,6 @@ def test_real_lastfm_end_to_end(tmp_path):
     from beam_pipelines import lastfm
 
     folder = shared_file("lastfm_asia")
-    started = time.time()
     summary = lastfm.run(["--edges", str(folder / "lastfm_asia_edges.csv"), "--targets",
                           str(folder / "lastfm_asia_target.csv"), "--output", str(tmp_path / "out")])
     assert summary["counts"]["users"] == {"train": 6098, "valid": 765, "test": 761}
@@ -22,7 +19,6 @@ def test_real_lastfm_end_to_end(tmp_path):
     result = run_experiment("lastfm_hetero_gnn.yaml", tmp_path / "out", tmp_path / "job", "train.epochs=20",
                             "train.patience=5")
     assert result.test["accuracy"] > 0.85 and result.test["macro_f1"] > 0.7
-    assert time.time() - started < 180
 
 
 @pytest.mark.slow

@@ -260,8 +260,10 @@ def test_two_workers_match_one_process(shards, two_workers, processes, tmp_path)
     baseline = float((shards / "mean_baseline_rmse").read_text())
     assert baseline > 1.4
     assert two["test"]["rmse"] < 0.6 * baseline and one["test"]["rmse"] < 0.6 * baseline
-    # ... and reach the same quality.
-    assert two["test"]["rmse"] == pytest.approx(one["test"]["rmse"], abs=0.01)
+    # ... and reach the same quality. The kept epoch (and so the refit's length) moves with the data order:
+    # one process, seeds 0-2: test 0.688 / 0.690 / 0.693 after the refit (kept epochs 19 / 17 / 16), 0.700-0.704
+    # for the selection models; two workers 0.692 here, 0.701 once on CI. Seed noise plus the kept epoch's.
+    assert two["test"]["rmse"] == pytest.approx(one["test"]["rmse"], abs=0.02)
     print(f"\nRMSE 1 process {one['test']['rmse']:.4f}, 2 workers {two['test']['rmse']:.4f}; "
           f"2-worker job {two_workers['seconds']:.0f} s")
 
@@ -280,8 +282,9 @@ def test_two_workers_log_prefixes_and_one_export(two_workers):
 def test_killed_worker_fails_the_job_and_a_relaunch_resumes(shards, two_workers, processes, tmp_path):
     job = tmp_path / "job"
     env = _env(tmp_path)
+    # Without the refit: this test is about the resumed selection fit (the refit is the uninterrupted run's).
     args = ["--workers", "2", "--timeout", "200", "--grace", "3", "--",
-            "--data", str(shards / "data"), "--job-dir", str(job), *COMMON, *PER_REPLICA]
+            "--data", str(shards / "data"), "--job-dir", str(job), *COMMON, *PER_REPLICA, "--set", "train.refit=false"]
 
     first = processes.start([PYTHON, "-m", "trainer.launch_local", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -305,6 +308,9 @@ def test_killed_worker_fails_the_job_and_a_relaunch_resumes(shards, two_workers,
     assert first_epoch >= 4, text[-3000:]
     assert metrics["selection"]["resumed_after_epoch"] == first_epoch - 1
     assert metrics["history"]["epoch"][-1] == EPOCHS and len(metrics["history"]["epoch"]) >= EPOCHS - 1
-    assert metrics["test"]["rmse"] == pytest.approx(two_workers["metrics"]["test"]["rmse"], abs=0.01)
+    assert "refit" not in metrics["selection"]
+    # Against the uninterrupted run's selection model (the same protocol: trained on train only).
+    uninterrupted = two_workers["metrics"]["selection"]["refit"]["test_of_the_selection_model"]["rmse"]
+    assert metrics["test"]["rmse"] == pytest.approx(uninterrupted, abs=0.02)
     print(f"\nresumed at epoch {first_epoch}/{EPOCHS}; RMSE resumed {metrics['test']['rmse']:.4f} "
-          f"vs uninterrupted {two_workers['metrics']['test']['rmse']:.4f}")
+          f"vs uninterrupted {uninterrupted:.4f}")

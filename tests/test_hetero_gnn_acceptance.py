@@ -16,8 +16,8 @@ def test_real_lastfm_end_to_end(tmp_path):
                           str(folder / "lastfm_asia_target.csv"), "--output", str(tmp_path / "out")])
     assert summary["counts"]["users"] == {"train": 6098, "valid": 765, "test": 761}
     assert summary["counts"]["follows_pairs"] == 27806 and summary["counts"]["rejected_rows"] == 0
-    result = run_experiment("lastfm_hetero_gnn.yaml", tmp_path / "out", tmp_path / "job", "train.epochs=20",
-                            "train.patience=5")
+    result = run_experiment("lastfm_hetero_gnn.yaml", tmp_path / "out", tmp_path / "job", "train.epochs=8",
+                            "train.patience=3")
     assert result.test["accuracy"] > 0.85 and result.test["macro_f1"] > 0.7
 
 

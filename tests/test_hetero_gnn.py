@@ -34,6 +34,7 @@ def test_trainer_task_config_errors_are_one_line(tmp_path, capsys):
     for extra, message in (
         (["--data", str(tmp_path), "--set", "hparams.hiden_dim=3"], "unknown key(s) hparams.hiden_dim; valid hparams keys:"),
         (["--data", str(tmp_path), "--set", "hparams.conv=gcn"], "hparams: conv must be 'simple' or 'gatv2'"),
+        (["--data", str(tmp_path), "--set", "train.ensemble_size=0"], "train: ensemble_size must be >= 1, got 0"),
         (["--data", str(tmp_path), "--hypertune-metric", "rmse"],
          "--hypertune-metric 'rmse' is not a valid metric of hetero_gnn (graph_classification); valid: accuracy, macro_f1"),
         (["--data", str(tmp_path / "nowhere")], "does not exist; run a pipeline first (python -m beam_pipelines.lastfm"),
@@ -89,7 +90,8 @@ def test_trainer_task_runs_the_gnn_yaml(tiny_data, tmp_path, capsys, monkeypatch
     job = tmp_path / "job"
     monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(tmp_path / "hp.metrics"))
     code = task.main(["--config", GNN_YAML, "--data", str(tiny_data / "out"), "--job-dir", str(job),
-                      "--set", "train.epochs=6", "--set", "train.batch_size=32", "--hypertune-metric", "accuracy"])
+                      "--set", "train.epochs=6", "--set", "train.batch_size=32", "--set", "train.ensemble_size=1",
+                      "--hypertune-metric", "accuracy"])
     assert code == 0
     assert "trainer: hetero_gnn test:  accuracy=" in capsys.readouterr().out
     metrics = json.loads((job / "metrics.json").read_text())
@@ -163,17 +165,48 @@ def _check_predict_from_another_file_system(job, data, capsys):
     assert f"user {user} (test split, true class" in capsys.readouterr().out
 
 
-def test_same_seed_same_run(tiny_data, tmp_path):
-    """Two fits with one seed give the same history and predictions (runner.run's own input maps would not)."""
-    overrides = ["train.epochs=3", "train.batch_size=32", "hparams.hidden_dim=16"]
-    first, second = (run_experiment("lastfm_hetero_gnn.yaml", tiny_data / "out", tmp_path / name, *overrides)
-                     for name in ("a", "b"))
-    assert first.history.keys() == second.history.keys()
-    for name, values in first.history.items():  # float sums may differ in the last bits, nothing more
-        assert second.history[name] == pytest.approx(values, rel=1e-5), name
-    assert first.test["confusion_matrix"] == second.test["confusion_matrix"]
+def test_same_seed_same_run_the_gnn_monitor_and_the_ensemble_of_seeds(tiny_data, tmp_path):
+    """Fits of seeds 0 and 1 with the epoch chosen on the GNN's own valid accuracy (``train.monitor=gnn_accuracy``),
+    then ``train.ensemble_size=2``: its members are those two fits again (one seed gives the same run: runner.run's
+    own input maps would not), and its export serves the mean of their probabilities."""
+    import tensorflow as tf
+
+    overrides = ["train.epochs=3", "train.batch_size=32", "hparams.hidden_dim=16", "train.monitor=gnn_accuracy",
+                 "train.ensemble_size=1", "hparams.cs_correct_alpha=0.5", "hparams.prior_correction=0.2"]
+    first = run_experiment("lastfm_hetero_gnn.yaml", tiny_data / "out", tmp_path / "a", *overrides)
     other = run_experiment("lastfm_hetero_gnn.yaml", tiny_data / "out", tmp_path / "c", *overrides, "train.seed=1")
     assert other.history["loss"] != first.history["loss"]
+    chosen_by = {"gnn_accuracy": [], "accuracy": []}
+    for single in (first, other):
+        history, best = single.history, single.selection["best_epoch"]
+        assert single.selection["monitor"] == "gnn_accuracy"
+        for metric, values in chosen_by.items():
+            values.append(history[f"val_{metric}"].index(max(history[f"val_{metric}"])) + 1)
+        assert best == chosen_by["gnn_accuracy"][-1]
+        # That epoch's model, post-processed: the final valid numbers are its epoch's, the GNN's its own.
+        assert single.valid["gnn_accuracy"] == pytest.approx(history["val_gnn_accuracy"][best - 1])
+        assert single.valid["gnn_accuracy"] == single.valid["stages"]["gnn"]["accuracy"]
+        assert single.valid["accuracy"] == pytest.approx(history["val_accuracy"][best - 1])
+    # On this data (with C&S 0.5 / 0.7, prior 0.2) the final valid accuracy is flat over the epochs while the GNN's
+    # is not: the two monitors keep different epochs, so this test tells them apart.
+    assert chosen_by["gnn_accuracy"] != chosen_by["accuracy"], chosen_by
+
+    ensemble = run_experiment("lastfm_hetero_gnn.yaml", tiny_data / "out", tmp_path / "e", *overrides,
+                              "train.ensemble_size=2")
+    members = ensemble.selection["ensemble"]["members"]
+    assert [m["seed"] for m in members] == [0, 1]
+    for member, single in zip(members, (first, other)):
+        assert member["best_epoch"] == single.selection["best_epoch"]
+        assert member["history"].keys() == single.history.keys()
+        for name, values in single.history.items():  # float sums may differ in the last bits, nothing more
+            assert member["history"][name] == pytest.approx(values, rel=1e-5), name
+    assert (tmp_path / "e" / "checkpoints" / "selected-member-1.index").exists()
+    records = tf.constant([record.numpy() for record in tf.data.TFRecordDataset(
+        tf.io.gfile.glob(str(tiny_data / "out" / "test" / "part-*")), compression_type="GZIP").take(8)])
+    served = {name: tf.saved_model.load(str(tmp_path / name / "export")).signatures["serving_default"](
+        examples=records)["probabilities"].numpy() for name in ("a", "c", "e")}
+    np.testing.assert_allclose(served["e"], (served["a"] + served["c"]) / 2, atol=1e-5)
+    assert not np.allclose(served["a"], served["c"], atol=1e-3)
 
 
 def test_vertex_output_dirs_are_honoured(tiny_data, tmp_path, monkeypatch, capsys):
@@ -186,7 +219,7 @@ def test_vertex_output_dirs_are_honoured(tiny_data, tmp_path, monkeypatch, capsy
     monkeypatch.setenv("AIP_TENSORBOARD_LOG_DIR", str(dirs["tensorboard"]))
     data, job = str(tiny_data / "out"), tmp_path / "job"
     metrics = run_experiment("lastfm_hetero_gnn.yaml", data, job, "train.epochs=3", "train.batch_size=32",
-                             "hparams.hidden_dim=16").to_json()
+                             "hparams.hidden_dim=16", "train.ensemble_size=1").to_json()
     assert metrics["outputs"]["export"] == str(dirs["model"])
     assert metrics["outputs"]["tensorboard"] == str(dirs["tensorboard"])
     assert "backup" not in metrics["outputs"]  # deleted at the end of a finished fit: not listed
@@ -197,8 +230,8 @@ def test_vertex_output_dirs_are_honoured(tiny_data, tmp_path, monkeypatch, capsy
     assert not [p for p in (dirs["checkpoints"] / "backup").rglob("*") if p.is_file()]
     assert (dirs["checkpoints"] / "kept" / "selected.index").exists()
     assert metrics["history"]["epoch"] == [1, 2, 3] and metrics["selection"]["resumed_after_epoch"] == 0
-    best = metrics["selection"]["best_epoch"]
-    assert metrics["history"]["val_accuracy"][best - 1] == max(metrics["history"]["val_accuracy"])
+    best, monitor = metrics["selection"]["best_epoch"], metrics["selection"]["monitor"]
+    assert metrics["history"][f"val_{monitor}"][best - 1] == max(metrics["history"][f"val_{monitor}"])
     assert metrics["valid"]["accuracy"] == pytest.approx(metrics["history"]["val_accuracy"][best - 1])
     assert gnn_predict.main(["--export", str(dirs["model"]), "--data", data, "--user-id", "0"]) == 0
     assert "predicted class" in capsys.readouterr().out
@@ -218,7 +251,7 @@ def test_killed_run_resumes_and_selects_over_the_whole_run(tiny_data, tmp_path):
     job = tmp_path / "job"
     args = ["--config", GNN_YAML, "--data", str(tiny_data / "out"), "--job-dir", str(job),
             "--set", f"train.epochs={epochs}", "--set", f"train.patience={epochs}", "--set", "train.batch_size=32",
-            "--set", "hparams.hidden_dim=16"]
+            "--set", "hparams.hidden_dim=16", "--set", "train.ensemble_size=1"]
     processes = Processes()
     try:
         first = processes.start([PYTHON, "-m", "trainer.task", *args], env=_env(tmp_path),
@@ -245,6 +278,7 @@ def test_killed_run_resumes_and_selects_over_the_whole_run(tiny_data, tmp_path):
     assert history["epoch"][:5] == [1, 2, 3, 4, 5] and history["epoch"][-1] == epochs
     assert set(range(resumed_at, epochs + 1)) <= set(history["epoch"])
     assert selection["epochs_run"] == len(history["epoch"]) >= epochs - 1  # a kill between the two writes loses one
-    best = history["val_accuracy"].index(max(history["val_accuracy"]))
+    monitored = history[f"val_{selection['monitor']}"]
+    best = monitored.index(max(monitored))
     assert selection["best_epoch"] == history["epoch"][best]
     assert not (job / "backup" / "selection").exists()

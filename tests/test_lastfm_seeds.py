@@ -55,7 +55,8 @@ def test_two_seeds_on_a_generated_graph(tmp_path, capsys):
     code = lastfm_seeds.main([
         "--edges", paths["edges.csv"], "--targets", paths["target.csv"], "--work", str(work), "--seeds", "0,1",
         "--num-classes", "3", "--pipeline-arg=--num-shards=1",
-        "--variant", "cs=configs/lastfm_hetero_gnn.yaml@train.epochs=2,train.batch_size=32,hparams.hidden_dim=16"])
+        "--variant", "cs=configs/lastfm_hetero_gnn.yaml@train.epochs=2,train.batch_size=32,hparams.hidden_dim=16,"
+                     "train.ensemble_size=1"])
     assert code == 0
     out = capsys.readouterr().out
     payload = json.loads((work / "seeds.json").read_text())

@@ -62,6 +62,10 @@ class TrainConfig:
       refit: after choosing on valid, train a fresh model on train + valid for the
         chosen number of epochs and export and test that one (rating and ranking
         models; the reported valid metrics stay the selection model's).
+      ensemble_size: fits of the same config with seeds ``seed``, ``seed + 1``, ...
+        (initialisation, dropout and shuffling), each with its own epoch chosen on
+        valid; the kept model averages their class probabilities (graph
+        classification only; 1: one fit).
     """
 
     epochs: int = 10
@@ -77,13 +81,14 @@ class TrainConfig:
     patience: int | None = None
     monitor: str | None = None
     refit: bool = False
+    ensemble_size: int = 1
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "ensemble_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:

@@ -14,6 +14,9 @@ stages:
      exact ``valid`` evaluation after every epoch, ``BackupAndRestore`` and the
      epoch selection that survives a relaunch, TensorBoard, per-epoch hypertune
      reports.
+   * ``train.ensemble_size`` N > 1 (tasks with ``supports_ensemble``): N such
+     fits with seeds ``train.seed .. train.seed + N - 1``, each selected on valid;
+     the task's ``ensemble`` of them is the model evaluated and exported.
    * models that train themselves (``ModelSpec.own_fit``: Bayesian MF's Gibbs
      sampler): one process, the model module's ``fit``; TensorBoard scalars per step.
 3. **Select**: the best epoch by ``valid`` (``train.monitor``, or the task's
@@ -190,6 +193,9 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
     if train.refit and not task.supports_refit:
         raise config_lib.ConfigError(f"train.refit is not supported by {task.kind} models "
                                      "(rating and ranking models only)")
+    if train.ensemble_size > 1 and not task.supports_ensemble:
+        raise config_lib.ConfigError(f"train.ensemble_size > 1 is not supported by {task.kind} models "
+                                     "(graph classification only)")
     if train.refit and task.examples("valid") == 0:
         raise config_lib.ConfigError(f"train.refit needs a valid split, and {task.data_dir} has none "
                                      "(rerun the pipeline without --no-valid)")
@@ -202,8 +208,12 @@ def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
     tf.keras.utils.set_random_seed(train.seed)
     loaded = time.time()
     with _reading(task):
-        fit = (_fit_own(task, config, paths, cluster, tracker=tracker) if spec.own_fit
-               else _fit_keras(task, train, paths, cluster, strategy, environ, hypertune_metric, tracker=tracker))
+        if spec.own_fit:
+            fit = _fit_own(task, config, paths, cluster, tracker=tracker)
+        elif train.ensemble_size > 1:
+            fit = _fit_ensemble(task, train, paths, cluster, strategy, environ, tracker=tracker)
+        else:
+            fit = _fit_keras(task, train, paths, cluster, strategy, environ, hypertune_metric, tracker=tracker)
     fit.timings["load_seconds"] = round(loaded - started, 3)
 
     valid, test = {}, {}
@@ -274,7 +284,7 @@ def _export(task, model, export_dir: str, is_lead: bool) -> str | None:
 def _fit_keras(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, strategy, environ,
                hypertune_metric, *, splits: tuple[str, ...] = ("train",), epochs: int | None = None,
                backup: str | None = None, tensorboard: str | None = None,
-               tracker: tracking.Tracker | None = None) -> _Fit:
+               tracker: tracking.Tracker | None = None, checkpoint: str | None = None) -> _Fit:
     """Keras ``fit`` under the strategy, via TF-GNN's ``runner.KerasTrainer``, with selection on valid.
 
     The refit (``splits`` train + valid, ``epochs`` the chosen count) runs the same loop without
@@ -325,7 +335,8 @@ def _fit_keras(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, st
     fit_started = time.time()
     model = trainer.train(model_fn, task.train_provider(train.batch_size, splits), epochs=epochs)
     train_seconds = time.time() - fit_started
-    _save_selected(model, paths.checkpoints, cluster.is_lead, "refit" if "valid" in splits else "selected")
+    _save_selected(model, paths.checkpoints, cluster.is_lead,
+                   checkpoint or ("refit" if "valid" in splits else "selected"))
     history = selection.history()
     epochs_run = len(history["epoch"])
     rule = (f"the epoch with the best valid {monitor.name} ({monitor.goal}); its weights kept"
@@ -345,6 +356,44 @@ def _fit_keras(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, st
         cluster={"task": cluster.name, "is_lead": cluster.is_lead, "replicas": replicas,
                  "global_batch_size": global_batch, "steps_per_epoch": steps},
     )
+
+
+def _fit_ensemble(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, strategy, environ,
+                  tracker: tracking.Tracker | None = None) -> _Fit:
+    """``train.ensemble_size`` fits with seeds ``train.seed + i``; the task averages their probabilities.
+
+    Member ``i`` is exactly the single fit of the config with ``train.seed + i`` (same
+    initialisation, dropout and shuffling; its epoch chosen on valid by the same monitor),
+    with its own backup, TensorBoard and kept weights (``member-i``). The returned model is
+    the task's ``ensemble`` of the members (one Keras model: what evaluation, the export and
+    the plots see). Per-epoch hypertune reports are off (members would report from epoch 1
+    again); the run's final report is the ensemble's valid metric. A relaunch redoes the
+    members that had finished (same seeds: same weights) and resumes the interrupted one.
+    ``history`` and ``best_epoch`` are member 0's; ``selection.ensemble.members`` lists every member's.
+    """
+    fits = []
+    for member in range(train.ensemble_size):
+        member_train = dataclasses.replace(train, seed=train.seed + member)
+        task.train = member_train  # the task's input pipeline shuffles with train.seed
+        tf.keras.utils.set_random_seed(member_train.seed)
+        fits.append(_fit_keras(task, member_train, paths, cluster, strategy, environ, None,
+                               backup=f"{paths.backup}/member-{member}",
+                               tensorboard=f"{paths.tensorboard}/member-{member}",
+                               tracker=tracker if member == 0 else None, checkpoint=f"selected-member-{member}"))
+    task.train = train
+    with strategy.scope():
+        model = task.ensemble([fit.model for fit in fits])
+    first = fits[0]
+    members = [{"seed": train.seed + i, "best_epoch": fit.selection["best_epoch"],
+                "epochs_run": fit.selection["epochs_run"], "resumed_after_epoch": fit.selection["resumed_after_epoch"],
+                "train_seconds": fit.timings["train_seconds"], "history": fit.history} for i, fit in enumerate(fits)]
+    selection = {**first.selection,
+                 "rule": f"{len(fits)} fits (seeds {train.seed}..{train.seed + len(fits) - 1}), each: "
+                         f"{first.selection['rule']}; their class probabilities averaged",
+                 "ensemble": {"size": len(fits), "members": members}}
+    timings = {**first.timings, "train_seconds": round(sum(f.timings["train_seconds"] for f in fits), 3),
+               "valid_seconds": [x for f in fits for x in f.timings["valid_seconds"]]}
+    return _Fit(model=model, history=first.history, selection=selection, timings=timings, cluster=first.cluster)
 
 
 def _save_selected(model, checkpoints: str, is_lead: bool, name: str = "selected") -> None:

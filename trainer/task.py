@@ -135,6 +135,11 @@ def summary_lines(result) -> list[str]:
         kept = f"{selection['epochs_run']} {selection['step']}s"
     elif selection["rule"].startswith("the last epoch"):
         kept = f"the last of {selection['epochs_run']} epochs kept: no valid examples to choose with"
+    elif selection.get("ensemble"):
+        members = selection["ensemble"]["members"]
+        seeds = ", ".join(str(m["seed"]) for m in members)
+        epochs = ", ".join(f"{m['best_epoch']} of {m['epochs_run']}" for m in members)
+        kept = f"mean of {len(members)} fits, seeds {seeds}: epochs {epochs} kept, by valid {selection['monitor']}"
     else:
         kept = f"epoch {selection['best_epoch']} of {selection['epochs_run']} kept, by valid {selection['monitor']}"
     refit = selection.get("refit")

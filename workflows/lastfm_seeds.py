@@ -179,8 +179,10 @@ def run_seeds(*, edges: str, targets: str, work: str, seeds: Sequence[int], vari
             for stage in result.test.get("stages", {}):
                 per_seed.setdefault(f"{variant.name}: {stage}", {})[seed] = {
                     s: _metrics(getattr(result, s)["stages"][stage]) for s in ("valid", "test")}
+            members = (result.selection.get("ensemble") or {}).get("members", [])
             runs.append({"seed": seed, "variant": variant.name, "job_dir": f"{work}/seed-{seed}/{variant.name}",
-                         "best_epoch": result.selection["best_epoch"], "seconds": round(time.time() - started, 1)})
+                         "best_epoch": result.selection["best_epoch"], "seconds": round(time.time() - started, 1),
+                         **({"member_best_epochs": [m["best_epoch"] for m in members]} if members else {})})
             print(f"seed {seed}: {variant.name}: valid acc {result.valid['accuracy']:.4f} "
                   f"macro-F1 {result.valid['macro_f1']:.4f} | test acc {result.test['accuracy']:.4f} "
                   f"macro-F1 {result.test['macro_f1']:.4f} ({runs[-1]['seconds']} s)", flush=True)

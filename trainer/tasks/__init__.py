@@ -4,7 +4,7 @@
 | --- | --- | --- | --- |
 | ``rating`` | ``rating`` | ``ratings`` (movielens pipeline) | rmse, mae |
 | ``ranking`` | ``ranking`` | ``ratings`` with held-out positives + sampled negatives | hr@K, ndcg@K, mrr |
-| ``graph_classification`` | ``graph_classification`` | ``lastfm`` (sampled subgraphs) | accuracy, macro_f1 |
+| ``graph_classification`` | ``graph_classification`` | ``lastfm`` (sampled subgraphs) | accuracy, macro_f1, gnn_accuracy, gnn_macro_f1 |
 | ``graph_rating`` | ``graph_rating`` | ``ratings`` + its rating graph (``beam_pipelines.rating_graph``) | rmse, mae |
 | ``playlist_ranking`` | ``playlist_ranking`` | ``playlists`` (memberships, 50 negatives, KNN candidates) | mrr, hit@K, ndcg@K, knn_* |
 
@@ -34,7 +34,8 @@ def task_class(kind: str):
 METRICS = {
     "rating": {"rmse": "min", "mae": "min"},
     "ranking": {f"{m}@{k}": "max" for m in ("hr", "hit", "ndcg") for k in (1, 5, 10)} | {"mrr": "max"},
-    "graph_classification": {"accuracy": "max", "macro_f1": "max"},
+    # gnn_*: the GNN alone, before Correct and Smooth / prior correction (train.monitor: gnn_accuracy).
+    "graph_classification": {"accuracy": "max", "macro_f1": "max", "gnn_accuracy": "max", "gnn_macro_f1": "max"},
     "graph_rating": {"rmse": "min", "mae": "min"},
     # 1 positive vs the 50 fixed negatives, and (knn_) over the user's KNN candidates: the served path.
     "playlist_ranking": {f"{p}{m}@{k}": "max" for p in ("", "knn_") for m in ("hr", "hit", "ndcg") for k in (1, 5, 10)}

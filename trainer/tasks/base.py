@@ -63,6 +63,7 @@ class Task(abc.ABC):
 
     kind: ClassVar[str]
     supports_refit: ClassVar[bool] = False  # train_provider takes ("train", "valid") (``train.refit``)
+    supports_ensemble: ClassVar[bool] = False  # ``ensemble(models)`` averages fits (``train.ensemble_size``)
     schema: ClassVar[str]
     pipeline: ClassVar[str]
     metrics: ClassVar[tuple[Metric, ...]]
@@ -117,6 +118,10 @@ class Task(abc.ABC):
     def compile(self, model, optimizer) -> None:
         """Wires the optimizer and the task's losses/metrics (default: the model owns its loss, as TFRS models do)."""
         model.compile(optimizer=optimizer)
+
+    def ensemble(self, models: list):
+        """One model from several fits of the same config (``train.ensemble_size``; ``supports_ensemble`` tasks)."""
+        raise NotImplementedError(f"{self.kind} tasks do not support train.ensemble_size > 1")
 
     @abc.abstractmethod
     def warm_up(self, model) -> None:

@@ -338,18 +338,34 @@ def local_dataset(info: DataInfo, split: str, batch_size: int, keys: Sequence[st
     return parsed_dataset(info.files(split), info.feature_spec, batch_size, shuffle=False, keys=keys)
 
 
+def column_arrays(info: DataInfo, files: Sequence[str], keys: Sequence[str], *, num_input_pipelines: int = 1,
+                  input_pipeline_id: int = 0) -> dict[str, np.ndarray]:
+    """``keys``' values of every example of ``files`` as NumPy arrays, parsed once, in file order.
+
+    With several input pipelines, pipeline ``input_pipeline_id`` reads the shards
+    ``parsed_dataset`` gives it (every ``num_input_pipelines``-th file), so workers get disjoint
+    rows. Read eagerly even when called while a function is traced.
+
+    Raises:
+      DataError: fewer shards than input pipelines.
+    """
+    with tf.init_scope():
+        batches = parsed_dataset(files, info.feature_spec, 65536, shuffle=False, keys=keys,
+                                 num_input_pipelines=num_input_pipelines, input_pipeline_id=input_pipeline_id)
+        parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+        for batch in batches:
+            for key in keys:
+                parts[key].append(batch[key].numpy())
+    return {key: np.concatenate(value) if value else np.zeros(0, info.feature_spec[key].dtype.as_numpy_dtype)
+            for key, value in parts.items()}
+
+
 def rating_arrays(info: DataInfo, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user indices int64, item indices int64, ratings float32) of every example of ``split``, in file order."""
     from schemas import ratings as F
 
-    users, items, ratings = [], [], []
-    for batch in local_dataset(info, split, 65536, keys=(F.USER_INDEX, F.ITEM_INDEX, F.RATING)):
-        users.append(batch[F.USER_INDEX].numpy())
-        items.append(batch[F.ITEM_INDEX].numpy())
-        ratings.append(batch[F.RATING].numpy())
-    if not users:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(users), np.concatenate(items), np.concatenate(ratings).astype(np.float32)
+    columns = column_arrays(info, info.files(split), (F.USER_INDEX, F.ITEM_INDEX, F.RATING))
+    return columns[F.USER_INDEX], columns[F.ITEM_INDEX], columns[F.RATING].astype(np.float32)
 
 
 def steps_for(rows: int, global_batch: int) -> int:

@@ -282,15 +282,8 @@ def memory_pairs(info: data.DataInfo, files: Sequence[str], num_input_pipelines:
     Raises:
       data.DataError: fewer shards than input pipelines.
     """
-    with tf.init_scope():  # read eagerly even when called while a function is traced
-        rows = data.parsed_dataset(files, info.feature_spec, 65536, shuffle=False, keys=PAIR_KEYS,
-                                   num_input_pipelines=num_input_pipelines, input_pipeline_id=input_pipeline_id)
-        parts = {key: [] for key in PAIR_KEYS}
-        for batch in rows:
-            for key in PAIR_KEYS:
-                parts[key].append(batch[key].numpy())
-    return {key: np.concatenate(value) if value else np.zeros(0, info.feature_spec[key].dtype.as_numpy_dtype)
-            for key, value in parts.items()}
+    return data.column_arrays(info, files, PAIR_KEYS, num_input_pipelines=num_input_pipelines,
+                              input_pipeline_id=input_pipeline_id)
 
 
 def pair_dataset(pairs: dict[str, np.ndarray], batch_size: int, *, seed: int, batch_map=None) -> tf.data.Dataset:

@@ -50,17 +50,34 @@ def _snapshot(out: Path) -> dict[str, bytes]:
     return files
 
 
-def _writing(out: Path) -> bool:
-    """Whether a shard has appeared (the directories may vanish under the scan while a rerun clears them)."""
+def _written_since(out: Path, pattern: str, start_ns: int) -> bool:
+    """Whether a file matching ``pattern`` was written after ``start_ns``.
+
+    Files of the reference run do not count: the rerun removes its marker before it
+    clears them, so "a shard exists" alone can be true of an old shard that is
+    deleted before the kill lands (CI saw exactly that: nothing left to check).
+    The directories may also vanish under the scan while the rerun clears them.
+    """
     try:
-        return any(out.glob("*/part-*"))
+        return any(path.is_file() and path.stat().st_mtime_ns > start_ns for path in out.glob(pattern))
     except FileNotFoundError:
         return False
 
 
 def _kill_when_writing(module: str, argv: list[str], out: Path) -> None:
-    """Starts ``python -m module argv`` and SIGKILLs it once it has removed the marker and written a shard."""
-    _kill_when(module, argv, lambda: not (out / "dataset.json").exists() and _writing(out))
+    """Starts ``python -m module argv`` and SIGKILLs it once it has removed the marker and written a new shard."""
+    start_ns = _clock_ns(out)
+    _kill_when(module, argv, lambda: not (out / "dataset.json").exists() and _written_since(out, "*/part-*", start_ns))
+
+
+def _clock_ns(directory: Path) -> int:
+    """The file system's idea of now (a file's mtime), so it compares with the mtimes of later files."""
+    probe = directory.parent / ".clock"
+    probe.write_bytes(b"")
+    try:
+        return probe.stat().st_mtime_ns
+    finally:
+        probe.unlink()
 
 
 def _kill_when(module: str, argv: list[str], ready: Callable[[], bool], timeout: float = 300) -> None:
@@ -144,12 +161,14 @@ def test_rating_graph_killed_mid_run_then_rerun_gives_the_same_bytes(tmp_path):
     reference = _snapshot(out)
     assert "graph" in json.loads((out / "dataset.json").read_text()) and any(n.startswith("graph/") for n in reference)
 
+    start_ns = _clock_ns(out)
+
     def graph_half_written() -> bool:
         try:
             section_gone = "graph" not in json.loads((out / "dataset.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return False
-        return section_gone and (out / "graph").is_dir() and any((out / "graph").iterdir())
+        return section_gone and _written_since(out, "graph/**/*", start_ns)
 
     _kill_when("beam_pipelines.rating_graph", argv, graph_half_written)
     # What the kill left does not look finished: the ratings output is intact, the graph section absent.

@@ -260,25 +260,122 @@ def check_text_files(paths: Sequence[str], flag: str) -> list[str]:
     return list(paths)
 
 
+# Uncompressed inputs larger than this are read as several byte ranges (see ``ReadPositionedLines``).
+READ_SPLIT_BYTES = 64 << 20
+_COUNT_BLOCK = 8 << 20
+
+
+def plan_ranges(path: str, size: int, split_bytes: int) -> list[tuple[str, int, int]]:
+    """``(path, start, end)`` byte ranges of one input; one range if it is compressed or small.
+
+    A compressed stream cannot be entered in the middle, so it is one range
+    (``end`` = -1: to its end) read by one worker.
+    """
+    if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED or size <= split_bytes:
+        return [(path, 0, -1)]
+    return [(path, start, min(start + split_bytes, size)) for start in range(0, size, split_bytes)]
+
+
+def count_line_starts(path: str, start: int, end: int) -> int:
+    """How many lines begin in the bytes ``[start, end)`` of an uncompressed file.
+
+    A line begins at offset 0 and after every newline but the file's last byte;
+    the newline that starts a line at ``p`` sits at ``p - 1``, so the count is
+    the newlines in ``[start - 1, end - 1)`` (and 1 for offset 0).
+    """
+    begin = max(start - 1, 0)
+    total = 1 if start == 0 else 0
+    with open_input(path) as stream:
+        try:
+            stream.seek(begin)
+            left = end - 1 - begin
+            while left > 0:
+                block = stream.read(min(_COUNT_BLOCK, left))
+                if not block:
+                    raise EOFError(f"the file ended before byte {end}")
+                total += block.count(b"\n")
+                left -= len(block)
+        except _READ_ERRORS as error:
+            raise input_file_error(path, f"cannot be read at bytes {start}..{end} ({_reason(error)})",
+                                   _DAMAGED) from None
+    return total
+
+
+def read_range_lines(path: str, start: int, end: int, first_number: int) -> Iterator[tuple[str, int, str]]:
+    """``(path, line_number, text)`` of every line that begins in ``[start, end)`` of an uncompressed file.
+
+    The line that straddles ``start`` belongs to the range before it (the one
+    its first byte is in); ``first_number`` is the number of the first line that
+    begins here, so numbers are exactly those of a whole-file read.
+    """
+    number = first_number
+    with open_input(path) as stream:
+        try:
+            position = start
+            if start > 0:
+                stream.seek(start - 1)
+                if stream.read(1) != b"\n":
+                    position += len(stream.readline())  # the end of a line begun in the range before
+            while position < end:
+                raw = stream.readline()
+                if not raw:
+                    break
+                yield path, number, decode_line(raw, number == 1)
+                number += 1
+                position += len(raw)
+        except _READ_ERRORS as error:
+            raise input_file_error(path, f"cannot be read past line {number - 1} ({_reason(error)})",
+                                   _DAMAGED) from None
+
+
+def _read_planned_range(planned: tuple[str, int, int], starts: dict[tuple[str, int], int]):
+    path, start, end = planned
+    if end < 0:
+        yield from read_positioned_lines(path)
+        return
+    first = 1 + sum(count for (other, other_start), count in starts.items() if other == path and other_start < start)
+    yield from read_range_lines(path, start, end, first)
+
+
 class ReadPositionedLines(beam.PTransform):
-    """Reads whole files into ``(path, line_number, text)`` elements.
+    """Reads files into ``(path, line_number, text)`` elements, large ones in parallel byte ranges.
 
     Beam's ``ReadFromText`` splits files for parallelism but cannot tell a line's
     number, which the dedup tie rule (latest input position wins), the reject
-    report and the leave-one-out tie rule all need; so each file is read by one
-    worker and the stages after the first shuffle spread the work out again.
+    report and the leave-one-out tie rule all need. Here an uncompressed file
+    larger than ``split_bytes`` (``READ_SPLIT_BYTES``, 64 MiB) is planned as byte
+    ranges while the pipeline is built: one step counts the lines that begin in
+    each range (a newline count, no parsing), and the reading step numbers its
+    lines from the counts of the ranges before it, so every line keeps its exact
+    whole-file number and a rerun reads exactly the same elements. A compressed
+    file, or a small one, is one range read by one worker.
     """
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], split_bytes: int | None = None):
         super().__init__()
         self._paths = sorted(paths)
+        self._split_bytes = split_bytes or READ_SPLIT_BYTES
+
+    def _plan(self) -> list[tuple[str, int, int]]:
+        ranges = []
+        for path in self._paths:
+            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+            ranges.extend(plan_ranges(path, size, self._split_bytes))
+        return ranges
 
     def expand(self, pbegin):
-        return (
-            pbegin
-            | "ListFiles" >> beam.Create(self._paths)
-            | "ReadLines" >> beam.FlatMap(read_positioned_lines)
-        )
+        planned = self._plan()
+        if all(end < 0 for _, _, end in planned):  # nothing to split: one worker per file, as before
+            return (pbegin
+                    | "ListFiles" >> beam.Create(self._paths)
+                    | "ReadLines" >> beam.FlatMap(read_positioned_lines))
+        ranges = (pbegin
+                  | "ListRanges" >> beam.Create(planned)
+                  | "SpreadRanges" >> beam.Reshuffle())  # ranges to different workers, not fused to one
+        starts = (ranges
+                  | "OnlySplitRanges" >> beam.Filter(lambda r: r[2] >= 0)
+                  | "CountLineStarts" >> beam.Map(lambda r: ((r[0], r[1]), count_line_starts(*r))))
+        return ranges | "ReadLines" >> beam.FlatMap(_read_planned_range, starts=beam.pvalue.AsDict(starts))
 
 
 def match_files(pattern: str, flag: str) -> list[str]:

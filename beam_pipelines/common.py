@@ -23,6 +23,7 @@ Also the reliability rules every pipeline follows (``run`` wires them):
 """
 from __future__ import annotations
 
+import argparse
 import bz2
 import contextlib
 import gzip
@@ -503,6 +504,41 @@ def tfrecord_frame(record: bytes) -> bytes:
 
 def shard_path(prefix: str, index: int, num_shards: int, suffix: str) -> str:
     return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
+
+
+# "--num-shards auto": one shard per this many bytes of (uncompressed) input text, so a shard's records,
+# which WriteDeterministicShards groups and sorts in one worker, stay bounded however large the input.
+SHARD_TARGET_BYTES = 64 << 20
+_COMPRESSION_RATIO = 4  # text inputs compress about 4x; a compressed file counts as 4x its size
+
+
+def shard_count(value: str) -> int | str:
+    """argparse type of ``--num-shards``: ``auto`` or a positive integer."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {value!r}")
+    return count
+
+
+def resolve_shard_count(value: int | str, paths: Sequence[str], minimum: int) -> int:
+    """``--num-shards``: an integer as given; ``auto`` from the inputs' size (deterministic, so reruns match).
+
+    ``auto`` = max(``minimum``, ceil(input bytes / 64 MiB)), compressed files counted
+    at 4x their size: ML-100K gets ``minimum``, ML-25M's 650 MB ``ratings.csv`` 10.
+    """
+    if value != "auto":
+        return int(value)
+    total = 0
+    for path in paths:
+        size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+        compressed = CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
+        total += size * (_COMPRESSION_RATIO if compressed else 1)
+    return max(minimum, -(-total // SHARD_TARGET_BYTES))
 
 
 class WriteDeterministicShards(beam.PTransform):

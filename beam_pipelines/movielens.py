@@ -910,7 +910,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--tie-rule", default="later-position", choices=TIE_RULES,
                         help="leave_one_out: which of a user's equally latest ratings is held out")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-shards", type=int, default=8)
+    parser.add_argument("--num-shards", type=common.shard_count, default="auto",
+                        help="files per split: an integer, or auto (default): 8, or one per 64 MiB of input if more")
     parser.add_argument("--max-rejected-fraction", type=float, default=0.01)
     parser.add_argument("--rating-range", default=None,
                         help="inclusive LOW,HIGH[,STEP] of a valid rating (STEP: ratings are its multiples); "
@@ -940,8 +941,6 @@ def _validate(args: argparse.Namespace) -> tuple[RatingRule | None, SplitSpec]:
         raise common.PipelineInputError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     if not 0.0 <= args.valid_fraction < 1.0:
         raise common.PipelineInputError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
-    if args.num_shards < 1:
-        raise common.PipelineInputError(f"--num-shards must be >= 1, got {args.num_shards}")
     if args.num_negatives < 0:
         raise common.PipelineInputError(f"--num-negatives must be >= 0, got {args.num_negatives}")
     if not 0.0 <= args.max_rejected_fraction <= 1.0:
@@ -973,6 +972,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
             common.match_files(args.valid_input, "--valid-input"), "--valid-input")
     negative_files = (common.check_text_files(common.match_files(args.negatives_input, "--negatives-input"),
                                               "--negatives-input") if args.negatives_input else [])
+    args.num_shards = common.resolve_shard_count(
+        args.num_shards, [path for files in files_by_side.values() for path in files], minimum=8)
     formats = {
         path: (args.format if args.format != "auto" else detect_format(path, common.first_lines(path)))
         for files in files_by_side.values()

@@ -425,7 +425,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-negatives", type=int, default=50, help="fixed negatives per valid/test example")
     parser.add_argument("--min-playlists-for-holdout", type=int, default=3)
-    parser.add_argument("--num-shards", type=int, default=4)
+    parser.add_argument("--num-shards", type=common.shard_count, default="auto",
+                        help="files per output: an integer, or auto (default): 4, or one per 64 MiB of input if more")
     parser.add_argument("--knn-k", type=int, default=50, help="exact top-K neighbours scored per user")
     parser.add_argument("--min-reachable", type=int, default=20, help="take neighbours until this many playlists are reachable")
     parser.add_argument("--max-neighbours", type=int, default=50)
@@ -468,9 +469,9 @@ def resolve_inputs(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def _validate(args: argparse.Namespace) -> knn.PairingConfig:
-    for name in ("num_shards", "num_negatives", "min_playlists_for_holdout", "pairing_block_size"):
-        if getattr(args, name) < (1 if name == "num_shards" else 0):
-            raise common.PipelineInputError(f"--{name.replace('_', '-')} must be >= {1 if name == 'num_shards' else 0}")
+    for name in ("num_negatives", "min_playlists_for_holdout", "pairing_block_size"):
+        if getattr(args, name) < 0:
+            raise common.PipelineInputError(f"--{name.replace('_', '-')} must be >= 0")
     if args.min_playlists_for_holdout < 3:
         raise common.PipelineInputError("--min-playlists-for-holdout must be >= 3 (one test, one valid, one train)")
     if not 0.0 <= args.max_rejected_fraction <= 1.0:
@@ -534,6 +535,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     args, beam_args = parse_args(argv)
     config = _validate(args)
     inputs = resolve_inputs(args)
+    args.num_shards = common.resolve_shard_count(args.num_shards, [p for files in inputs.values() for p in files], 4)
     if not inputs["pichl"] and not inputs["mpd"]:
         raise common.PipelineInputError("--input matches only interactions-like files; no playlists to read")
     options = PipelineOptions(beam_args)

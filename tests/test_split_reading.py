@@ -97,3 +97,27 @@ def test_movielens_output_and_reject_locations_do_not_depend_on_the_split(tmp_pa
                 for line in data.decode().splitlines()]
     # The bad row, and the duplicate's earlier copy (equal timestamps: the later line wins).
     assert sorted(r["line"] for r in rejected) == [4, 38]
+
+
+def test_auto_shard_count_follows_the_input_size(tmp_path, monkeypatch):
+    import gzip
+
+    plain, packed = tmp_path / "ratings.csv", tmp_path / "more.csv.gz"
+    plain.write_bytes(b"x" * 1000)
+    packed.write_bytes(gzip.compress(b"y" * 1000))
+    paths = [str(plain), str(packed)]
+    assert common.resolve_shard_count("auto", paths, minimum=8) == 8  # small inputs: the minimum, as before
+    assert common.resolve_shard_count(3, paths, minimum=8) == 3  # an explicit count is kept
+    monkeypatch.setattr(common, "SHARD_TARGET_BYTES", 100)
+    expected = -(-(1000 + 4 * packed.stat().st_size) // 100)  # a compressed file counts 4x its size
+    assert common.resolve_shard_count("auto", paths, minimum=8) == expected > 10
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_a_bad_shard_count_is_one_argparse_error(value, capsys):
+    from beam_pipelines import movielens
+
+    with pytest.raises(SystemExit) as exit_info:
+        movielens.parse_args(["--input", "x", "--output", "y", "--num-shards", value])
+    assert exit_info.value.code == 2
+    assert f"argument --num-shards: must be 'auto' or an integer >= 1, got '{value}'" in capsys.readouterr().err

@@ -58,6 +58,25 @@ def test_track_pool_mean_and_sqrt_by_hand():
     np.testing.assert_allclose(mean, [[7.5, 8.5, 9.5], [1.5, 2.5, 3.5], [0, 0, 0], [0, 0, 0]])
     root = TrackPool(offsets, tracks, "sqrt")(ids, table).numpy()
     np.testing.assert_allclose(root[0], np.array([15.0, 17.0, 19.0]) / np.sqrt(2), rtol=1e-6)
+    # The gradient reaches the table's rows of the pooled tracks only, weighted 1/n per use.
+    variable = tf.Variable(table)
+    weights = tf.constant(np.arange(1, 13, dtype=np.float32).reshape(4, 3))  # d loss / d pooled row
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(TrackPool(offsets, tracks, "mean")(ids, variable) * weights)
+    expected = np.zeros((4, 3), np.float32)
+    expected[[3, 2]] = weights.numpy()[0] / 2  # id 2 -> tracks {3, 2}
+    expected[[1, 0]] = weights.numpy()[1] / 2  # id 0 -> tracks {1, 0}
+    np.testing.assert_allclose(tf.convert_to_tensor(tape.gradient(loss, variable)).numpy(), expected)
+    pool = TrackPool(offsets, tracks, "mean")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])  # a batch's unknown size, as in fit
+    def traced_gradient(batch):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(pool(batch, variable) * weights)
+        return tf.convert_to_tensor(tape.gradient(loss, variable))
+
+    np.testing.assert_allclose(traced_gradient(tf.constant([2, 0, 1, 3], tf.int64)).numpy(), expected)
+    assert TrackPool(offsets, tracks, "mean")(tf.zeros([0], tf.int64), table).shape == (0, 3)
 
 
 # --------------------------------------------------------------------------- a tiny pipeline output, both rankers

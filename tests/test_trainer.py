@@ -223,7 +223,7 @@ def test_bayesian_mf_refuses_several_workers(tiny, tmp_path):
     ("hparams.embedding_dim=16.5", "hparams.embedding_dim: expected an integer, got 16.5"),
     ("train.learning_rate=fast", "train.learning_rate: expected a number, got 'fast'"),
     ("hparams.clip_predictions=maybe", "hparams.clip_predictions: expected true or false"),
-    ("train.optimizer=rmsprop", "optimizer must be one of adam, adagrad, sgd"),
+    ("train.optimizer=rmsprop", "optimizer must be one of adam, lazy_adam, adagrad, sgd"),
     ("train.monitor=ndcg@10", "train.monitor 'ndcg@10' is not a valid metric of mf (rating); valid: rmse, mae"),
     ("hparams.embeding_dim=8", "unknown key(s) hparams.embeding_dim"),
     ("model=mff", "unknown model 'mff'"),

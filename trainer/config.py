@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 SECTIONS = ("model", "train", "hparams")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
+OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -47,7 +47,9 @@ class TrainConfig:
       epochs: epochs at most (a sampler's own ``hparams`` say how long it runs).
       batch_size: examples per replica and step; the global batch is this x replicas.
       learning_rate: the optimizer's (initial) learning rate.
-      optimizer: ``adam``, ``adagrad`` or ``sgd`` (momentum 0.9).
+      optimizer: ``adam``, ``lazy_adam``, ``adagrad`` or ``sgd`` (momentum 0.9). ``lazy_adam``
+        (``trainer.optimizers.LazyAdam``): Adam whose sparse (embedding) updates touch only the
+        rows in the batch; Keras' ``adam`` decays and moves every row of a table every step.
       lr_schedule: ``constant``, or ``cosine`` (decays to 0 over all steps).
       shuffle_buffer: examples in the shuffle buffer.
       seed: seed of initialisation (``tf.keras.utils.set_random_seed``), shuffling and sampling.

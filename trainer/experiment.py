@@ -146,6 +146,10 @@ def make_optimizer(train: config_lib.TrainConfig, total_steps: int) -> tf.keras.
         return tf.keras.optimizers.Adagrad(rate)
     if train.optimizer == "sgd":
         return tf.keras.optimizers.SGD(rate, momentum=0.9)
+    if train.optimizer == "lazy_adam":
+        from trainer.optimizers import LazyAdam  # sparse rows only: see its module docstring
+
+        return LazyAdam(rate)
     return tf.keras.optimizers.Adam(rate)
 
 

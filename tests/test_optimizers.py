@@ -1,0 +1,114 @@
+"""trainer.optimizers.LazyAdam against a NumPy reference of lazy Adam on a small table."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer.optimizers import LazyAdam
+
+LR, B1, B2, EPS = 0.01, 0.9, 0.999, 1e-7
+
+
+def numpy_lazy_adam(table, steps, lr=LR):
+    """Reference: per step, rows -> summed gradient; only those rows' m, v and values change."""
+    w, m, v = table.copy(), np.zeros_like(table), np.zeros_like(table)
+    for t, (rows, values) in enumerate(steps, start=1):
+        g = np.zeros_like(table)
+        np.add.at(g, rows, values)  # duplicates add up
+        touched = np.unique(rows)
+        m[touched] = B1 * m[touched] + (1 - B1) * g[touched]
+        v[touched] = B2 * v[touched] + (1 - B2) * g[touched] ** 2
+        alpha = lr * np.sqrt(1 - B2 ** t) / (1 - B1 ** t)
+        w[touched] -= alpha * m[touched] / (np.sqrt(v[touched]) + EPS)
+    return w, m, v
+
+
+def random_steps(rng, rows_total, dim, count):
+    steps = []
+    for _ in range(count):
+        rows = rng.integers(0, rows_total, size=7)
+        rows[1] = rows[0]  # a duplicate in every step
+        steps.append((rows, rng.normal(size=(7, dim)).astype(np.float32)))
+    return steps
+
+
+def test_sparse_updates_match_the_numpy_reference_and_leave_other_rows_alone():
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(12, 4)).astype(np.float32)
+    steps = random_steps(rng, 12, 4, 6)
+    steps.append((np.array([0, 0, 1]), rng.normal(size=(3, 4)).astype(np.float32)))
+    variable = tf.Variable(table)
+    optimizer = LazyAdam(LR)
+    for rows, values in steps:
+        grad = tf.IndexedSlices(tf.constant(values), tf.constant(rows, tf.int64), tf.constant(table.shape, tf.int64))
+        optimizer.apply_gradients([(grad, variable)])
+    expected_w, expected_m, expected_v = numpy_lazy_adam(table, steps)
+    np.testing.assert_allclose(variable.numpy(), expected_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(optimizer._momentums[0].numpy(), expected_m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(optimizer._velocities[0].numpy(), expected_v, rtol=1e-5, atol=1e-6)
+    never = sorted(set(range(12)) - {int(r) for rows, _ in steps for r in rows})
+    assert never, "the test needs rows no step touches"
+    np.testing.assert_array_equal(variable.numpy()[never], table[never])
+    # Keras' Adam on the same sparse gradients moves rows that were in an earlier batch but not in
+    # this one (momentum): why it is not the lazy update, and why it costs a pass over the table.
+    keras_variable = tf.Variable(table)
+    keras = tf.keras.optimizers.Adam(LR)
+    for rows, values in steps:
+        keras.apply_gradients([(tf.IndexedSlices(tf.constant(values), tf.constant(rows, tf.int64),
+                                                 tf.constant(table.shape, tf.int64)), keras_variable)])
+    assert not np.allclose(keras_variable.numpy(), expected_w, atol=1e-4)
+
+
+def test_embedding_gradients_through_a_model_step_match_the_reference():
+    """The IndexedSlices an embedding lookup produces (inside tf.function, duplicates included)."""
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(20, 3)).astype(np.float32)
+    variable = tf.Variable(table)
+    optimizer = LazyAdam(LR)
+    batches = [rng.integers(0, 20, size=9) for _ in range(5)]
+    targets = [rng.normal(size=(9, 3)).astype(np.float32) for _ in range(5)]
+
+    @tf.function
+    def step(ids, target):
+        with tf.GradientTape() as tape:
+            loss = 0.5 * tf.reduce_sum(tf.square(tf.gather(variable, ids) - target))
+        grad = tape.gradient(loss, variable)
+        assert isinstance(grad, tf.IndexedSlices)
+        optimizer.apply_gradients([(grad, variable)])
+
+    for ids, target in zip(batches, targets):
+        step(tf.constant(ids, tf.int64), tf.constant(target))
+    # The reference replays the steps (each gradient is taken at the current weights).
+    w, m, v = table.copy(), np.zeros_like(table), np.zeros_like(table)
+    for t, (ids, target) in enumerate(zip(batches, targets), start=1):
+        per_row = w[ids] - target
+        g = np.zeros_like(table)
+        np.add.at(g, ids, per_row)
+        touched = np.unique(ids)
+        m[touched] = B1 * m[touched] + (1 - B1) * g[touched]
+        v[touched] = B2 * v[touched] + (1 - B2) * g[touched] ** 2
+        w[touched] -= LR * np.sqrt(1 - B2 ** t) / (1 - B1 ** t) * m[touched] / (np.sqrt(v[touched]) + EPS)
+    np.testing.assert_allclose(variable.numpy(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_gradients_are_keras_adam():
+    rng = np.random.default_rng(2)
+    start = rng.normal(size=(5, 3)).astype(np.float32)
+    lazy, keras = tf.Variable(start), tf.Variable(start)
+    lazy_opt, keras_opt = LazyAdam(LR), tf.keras.optimizers.Adam(LR)
+    for _ in range(4):
+        grad = tf.constant(rng.normal(size=(5, 3)).astype(np.float32))
+        lazy_opt.apply_gradients([(grad, lazy)])
+        keras_opt.apply_gradients([(grad, keras)])
+    np.testing.assert_allclose(lazy.numpy(), keras.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_lazy_adam_is_a_train_optimizer_and_amsgrad_is_refused():
+    from trainer import config as config_lib
+    from trainer.experiment import make_optimizer
+
+    optimizer = make_optimizer(config_lib.TrainConfig(optimizer="lazy_adam", learning_rate=0.005), 10)
+    assert isinstance(optimizer, LazyAdam) and float(optimizer.learning_rate) == pytest.approx(0.005)
+    with pytest.raises(ValueError, match="amsgrad"):
+        LazyAdam(amsgrad=True)

@@ -112,3 +112,44 @@ def test_lazy_adam_is_a_train_optimizer_and_amsgrad_is_refused():
     assert isinstance(optimizer, LazyAdam) and float(optimizer.learning_rate) == pytest.approx(0.005)
     with pytest.raises(ValueError, match="amsgrad"):
         LazyAdam(amsgrad=True)
+
+
+def test_a_run_killed_after_an_epoch_resumes_from_the_backup_to_the_same_weights(tmp_path):
+    """BackupAndRestore (the experiment's relaunch path) saves and restores LazyAdam's moments and step."""
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 50, size=(64, 1))
+    targets = rng.normal(size=(64, 4)).astype(np.float32)
+
+    def fit(backup, epochs, callbacks=()):
+        tf.keras.utils.set_random_seed(0)
+        model = tf.keras.Sequential([tf.keras.layers.Embedding(50, 4), tf.keras.layers.Flatten()])
+        model.compile(optimizer=LazyAdam(0.05), loss="mse")
+        model.fit(ids, targets, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
+                  callbacks=[tf.keras.callbacks.BackupAndRestore(str(backup)), *callbacks])
+        return model
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterEpoch2(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:  # the backup callback (listed first) has saved epoch 2
+                raise Killed
+
+    uninterrupted = fit(tmp_path / "a", 4).get_weights()
+    with pytest.raises(Killed):
+        fit(tmp_path / "b", 4, [KillAfterEpoch2()])
+    ran: list[int] = []
+    resumed = fit(tmp_path / "b", 4, [tf.keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: ran.append(e))])
+    assert ran == [2, 3]  # epochs 3 and 4 only: it resumed after epoch 2
+    assert int(resumed.optimizer.iterations.numpy()) == 16  # the restored step count went on (bias correction)
+    np.testing.assert_allclose(resumed.get_weights()[0], uninterrupted[0], rtol=1e-6, atol=1e-7)
+    # The weights of epoch 2 with a fresh optimizer (moments and step lost) end elsewhere: the equality
+    # above needs the restored moments.
+    tf.keras.utils.set_random_seed(0)
+    restarted = tf.keras.Sequential([tf.keras.layers.Embedding(50, 4), tf.keras.layers.Flatten()])
+    restarted.compile(optimizer=LazyAdam(0.05), loss="mse")
+    restarted.build((None, 1))
+    restarted.set_weights(fit(tmp_path / "c", 2).get_weights())
+    restarted.fit(ids, targets, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    assert not np.allclose(restarted.get_weights()[0], uninterrupted[0], atol=1e-4)

@@ -233,6 +233,24 @@ def mixed(tmp_path_factory, mixed_fixture):
     return _mixed_run(tmp_path_factory, mixed_fixture, 0, "mixed")
 
 
+def test_reading_in_byte_ranges_writes_the_same_bytes(mixed, mixed_fixture, tmp_path_factory, monkeypatch):
+    """Issue 15: the uncompressed inputs split into 97-byte ranges (the .gz one read whole); every output file,
+    the rejects with their file:line included, equals the whole-file run's."""
+    monkeypatch.setattr(common, "READ_SPLIT_BYTES", 97)
+    files = sorted(Path(mixed_fixture.input).parent.iterdir())
+    assert len(common.ReadPositionedLines([str(p) for p in files])._plan()) > 3 * len(files)
+    split_out, split_summary = _mixed_run(tmp_path_factory, mixed_fixture, 0, "mixed-ranges")
+    whole_out, whole_summary = mixed
+
+    def files_of(out: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                if p.is_file() and p.name != "dataset.json" and "transform_fn" not in p.parts}
+
+    assert files_of(split_out) == files_of(whole_out)
+    assert split_summary["counts"] == whole_summary["counts"]
+    assert len(_rejected(split_out)) == len(mixed_fixture.malformed) + len(mixed_fixture.dropped) > 0
+
+
 def test_mixed_formats_detected_and_counts_add_up(mixed, mixed_fixture):
     out, summary = mixed
     assert {Path(s["path"]).name: s["format"] for s in summary["sources"]} == {

@@ -2,12 +2,12 @@
 
 A file larger than ``common.READ_SPLIT_BYTES`` is planned as byte ranges; a
 count step gives each range its first line number. Whatever the range size,
-the lines read, and their numbers, must be exactly a whole-file read's, and a
-pipeline's outputs and reject locations must not change.
+the lines read, and their numbers, must be exactly a whole-file read's (a
+movielens run in ranges is compared byte for byte with a whole-file run in
+``test_movielens_pipeline.py``, where the mixed-format fixture already runs).
 """
 from __future__ import annotations
 
-import json
 import random
 
 import apache_beam as beam
@@ -15,7 +15,6 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipelines import common
-from tests.conftest import two_taste_ratings
 
 
 def _ranged_read(path: str, split_bytes: int) -> list[tuple[str, int, str]]:
@@ -72,31 +71,6 @@ def test_the_beam_transform_reads_split_files_exactly(tmp_path):
     with beam.Pipeline() as pipeline:
         read = pipeline | common.ReadPositionedLines(paths, split_bytes=7)
         assert_that(read, equal_to(expected))
-
-
-def test_movielens_output_and_reject_locations_do_not_depend_on_the_split(tmp_path, monkeypatch):
-    from beam_pipelines import movielens
-
-    rows = two_taste_ratings(num_users=30, num_items=20, per_user=8, seed=11)
-    lines = [f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows]
-    lines.insert(37, "7\tnot-an-item\t4\t1\n")  # a reject in the middle: its line number must survive the split
-    lines.insert(120, f"{rows[3][0]}\t{rows[3][1]}\t5\t{rows[3][3]}\n")  # line 4's pair again: dedup by position
-    (tmp_path / "u.data").write_text("".join(lines))
-    assert len(common.ReadPositionedLines([str(tmp_path / "u.data")], 97)._plan()) > 30
-    outputs = {}
-    for name, split_bytes in (("whole", common.READ_SPLIT_BYTES), ("split", 97)):
-        monkeypatch.setattr(common, "READ_SPLIT_BYTES", split_bytes)
-        out = tmp_path / name
-        summary = movielens.run(["--input", str(tmp_path / "u.data"), "--output", str(out), "--num-shards", "2",
-                                 "--max-rejected-fraction", "0.1"])
-        assert summary["counts"]["lines_read"] == len(lines)
-        outputs[name] = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-                         if p.is_file() and p.name != "dataset.json" and "transform_fn" not in str(p)}
-    assert outputs["split"] == outputs["whole"]
-    rejected = [json.loads(line) for path, data in outputs["split"].items() if path.startswith("rejected/")
-                for line in data.decode().splitlines()]
-    # The bad row, and the duplicate's earlier copy (equal timestamps: the later line wins).
-    assert sorted(r["line"] for r in rejected) == [4, 38]
 
 
 def test_auto_shard_count_follows_the_input_size(tmp_path, monkeypatch):

@@ -498,9 +498,22 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 
 def _read_vocabulary(data: str, name: str) -> list[str]:
-    import tensorflow_transform as tft
+    """A tf.Transform vocabulary of the ratings output, one id per line.
 
-    path = tft.TFTransformOutput(data).vocabulary_file_by_name(name)
+    Found the way ``tft.TFTransformOutput.vocabulary_file_by_name`` finds it
+    (``transformed_metadata/asset_map``, else the name, under
+    ``transform_fn/assets/``) but read through Beam's FileSystems: TensorFlow's
+    own gs:// file system cannot reach a storage emulator, so with it a Dataflow
+    dry run against the emulator could not be built (tests/test_dataflow_dry_run.py).
+
+    Raises:
+      common.PipelineInputError: the vocabulary file is missing.
+    """
+    mapping_path = common.join_path(data, "transformed_metadata", "asset_map")
+    mapping = common.read_json(mapping_path) if FileSystems.exists(mapping_path) else {}
+    path = common.join_path(data, "transform_fn", "assets", mapping.get(name, name))
+    if not FileSystems.exists(path):
+        raise common.PipelineInputError(f"{data}: the {name} vocabulary ({path}) is missing; rerun beam_pipelines.movielens")
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return [line.decode("utf-8") for line in handle.read().splitlines()]
 
@@ -556,10 +569,11 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
             files = common.match_files(pattern, f"--{node_set}-features")
             feature_files[node_set] = (files, fmt if fmt != "auto" else detect_feature_format(
                 files[0], node_set, (common.first_lines(files[0], 1) or [""])[0]))
-    _clear_graph_outputs(data, summary)
-
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
+    dry_run = common.is_dataflow_dry_run(options)
+    if not dry_run:
+        _clear_graph_outputs(data, summary)
     started = time.time()
     pipeline = beam.Pipeline(options=options)
     edges = pipeline | "ReadRatingEdges" >> ReadRatingEdges(shards, len(user_ids), len(item_ids))
@@ -589,6 +603,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
              | "EncodeRejected" >> beam.Map(common.encode_json_line)
              | "WriteRejected" >> common.WriteDeterministicShards(common.join_path(data, G.REJECTED_PREFIX), 1,
                                                                  kind="jsonl"))
+    if dry_run:  # Beam's --dry_run: the job is built, nothing is submitted, DATA is neither cleared nor written
+        return common.build_dataflow_job(pipeline, data)
     result = common.run_pipeline(pipeline, data)  # a damaged input met in a worker: one line, not a traceback
     counts = common.read_counters(result)
     graph = _graph_summary(args, data, summary, feature_files, counts, len(user_ids), len(item_ids))

@@ -13,8 +13,9 @@ TensorFlow's own gs:// file system, which cannot reach an emulator; with
 (``common.gcs_emulated``). Against real GCS it keeps ``--temp_location``.
 
 Beam spends ~20 s per process looking for credentials unless ``--no_auth``,
-and every ``python -m`` pays for the TensorFlow import, so all three pipelines
-are built in one child process.
+and every ``python -m`` pays for the TensorFlow import, so all four pipelines
+are built in one child process (``rating_graph`` from a ratings output made
+locally and uploaded).
 """
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ def built(gcs_emulator, tmp_path_factory):
             bucket.blob(f"raw/{name}").upload_from_filename(path)
         playlist_synth.write_playlists_csv(playlist_synth.generate_playlists(30, seed=3), str(local / "pl.csv"))
         bucket.blob("raw/playlists.csv").upload_from_filename(str(local / "pl.csv"))
+        # GCMC's graph pipeline adds to a ratings output: one made locally, uploaded as a finished output.
+        (local / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+        from beam_pipelines import movielens
+        movielens.run(["--input", str(local / "u.data"), "--output", str(local / "ml"), "--num-shards", "2"])
+        for path in sorted((local / "ml").rglob("*")):
+            if path.is_file():
+                bucket.blob(f"ml/{path.relative_to(local / 'ml')}").upload_from_filename(str(path))
+        ratings_output = {b.name: b.md5_hash for b in gcs.list_blobs(BUCKET, prefix="ml/")}
     finally:
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
 
@@ -66,6 +75,7 @@ def built(gcs_emulator, tmp_path_factory):
                    "--sdk_container_image", "us-central1-docker.pkg.dev/my-project/recsys/beam:latest"],
         "playlists": ["--input", f"{raw}/playlists.csv", "--output", f"gs://{BUCKET}/out/playlists", "--setup_file",
                       "./setup.py"],
+        "rating_graph": ["--data", f"gs://{BUCKET}/ml", "--setup_file", "./setup.py"],
     }
     script = textwrap.dedent(f"""
         import importlib, json, sys
@@ -90,9 +100,11 @@ def built(gcs_emulator, tmp_path_factory):
     os.environ["STORAGE_EMULATOR_HOST"] = gcs_emulator
     try:
         written = [b.name for b in gcs.list_blobs(BUCKET, prefix="out/")]
+        ratings_output_after = {b.name: b.md5_hash for b in gcs.list_blobs(BUCKET, prefix="ml/")}
     finally:
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
-    return {"outcomes": outcomes, "printed": printed, "written": written, "stderr": result.stderr}
+    return {"outcomes": outcomes, "printed": printed, "written": written, "stderr": result.stderr,
+            "ratings_output": (ratings_output, ratings_output_after)}
 
 
 STEPS = {
@@ -101,10 +113,11 @@ STEPS = {
                "WriteFollows", "WriteRejected"},
     "playlists": {"Read", "AssignSplits", "Pairing", "EvalExamples", "WriteTrain", "WritePlaylistTracks",
                   "WriteRejected"},
+    "rating_graph": {"ReadRatingEdges", "BuildGraphs", "WriteGraphs", "WriteLevels"},
 }
 
 
-@pytest.mark.parametrize("name", ["movielens", "lastfm", "playlists"])
+@pytest.mark.parametrize("name", ["movielens", "lastfm", "playlists", "rating_graph"])
 def test_the_dataflow_job_builds_with_its_steps_and_worker_setup(built, name):
     outcome = built["outcomes"].get(name)
     assert outcome is not None and outcome["code"] == 0, built["stderr"][-3000:]
@@ -130,3 +143,5 @@ def test_the_command_line_prints_one_line_about_the_job(built):
 
 def test_a_dry_run_writes_nothing_to_the_output(built):
     assert built["written"] == []
+    before, after = built["ratings_output"]  # the graph's dry run neither cleared nor changed the ratings output
+    assert after == before and "ml/dataset.json" in before and any(n.startswith("ml/train/part-") for n in before)

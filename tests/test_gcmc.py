@@ -164,6 +164,16 @@ def test_rerun_of_the_ratings_pipeline_makes_the_graph_stale(tiny, tmp_path):
         graph_data.graph_summary(data_lib.DataInfo(**{**info.__dict__, "summary": changed}))
 
 
+def test_a_missing_vocabulary_is_one_line_naming_it(tiny, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny["data"], data)
+    (data / "transform_fn" / "assets" / "item_id").unlink()
+    with pytest.raises(common.PipelineInputError, match=r"the item_id vocabulary \(.*item_id\) is missing"):
+        rating_graph.run(["--data", str(data)])
+
+
 # --------------------------------------------------------------------------- training, evaluation, export
 FIT = ("train.epochs=8", "train.steps_per_epoch=5", "train.learning_rate=0.02", "hparams.hidden_dim=40",
        "hparams.out_dim=16", "hparams.dropout=0.3")

@@ -101,7 +101,8 @@ def test_dense_gradients_are_keras_adam():
         grad = tf.constant(rng.normal(size=(5, 3)).astype(np.float32))
         lazy_opt.apply_gradients([(grad, lazy)])
         keras_opt.apply_gradients([(grad, keras)])
-    np.testing.assert_allclose(lazy.numpy(), keras.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(lazy.numpy(), keras.numpy(), rtol=1e-5, atol=1e-6)  # fused kernel: rounding only
+    assert not np.allclose(lazy.numpy(), start, atol=1e-3)  # it moved
 
 
 def test_lazy_adam_is_a_train_optimizer_and_amsgrad_is_refused():

@@ -27,7 +27,8 @@ with the global step ``t`` in the bias correction; rows outside ``I`` are left
 as they are (no decay, no momentum step). This is *not* Adam's maths for the
 rows outside the batch, so results differ from ``adam``; a dense gradient
 (e.g. the track table of ``playlist_tracks_bpr``, or any dense layer) gets
-Keras' dense Adam unchanged.
+Keras' dense Adam formula, computed by TensorFlow's fused ``ApplyAdam`` kernel
+(equal to Keras' update up to float rounding).
 """
 from __future__ import annotations
 
@@ -47,17 +48,24 @@ class LazyAdam(tf.keras.optimizers.Adam):
                          **kwargs)
 
     def update_step(self, gradient, variable):
-        if not isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable)
         dtype = variable.dtype
         lr = tf.cast(self.learning_rate, dtype)
         step = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.cast(self.beta_1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)
-        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
-        epsilon = self.epsilon * tf.sqrt(1 - tf.pow(beta_2, step)) if self.adaptive_epsilon else self.epsilon
         key = self._index_dict[self._var_key(variable)]
         m, v = self._momentums[key], self._velocities[key]
+        if not isinstance(gradient, tf.IndexedSlices):
+            if self.adaptive_epsilon or not all(hasattr(x, "handle") for x in (variable, m, v)):
+                return super().update_step(gradient, variable)
+            # Keras' dense formula in TensorFlow's fused kernel: one pass over the variable and its two
+            # slots instead of ~10 (the 199k x 128 track table: 0.09 instead of 0.21 CPU s per step).
+            return tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle, m=m.handle, v=v.handle, beta1_power=tf.pow(beta_1, step),
+                beta2_power=tf.pow(beta_2, step), lr=lr, beta1=beta_1, beta2=beta_2,
+                epsilon=tf.cast(self.epsilon, dtype), grad=gradient)
+        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        epsilon = self.epsilon * tf.sqrt(1 - tf.pow(beta_2, step)) if self.adaptive_epsilon else self.epsilon
         # apply_gradients summed duplicate indices (_deduplicate_sparse_grad): each row once here.
         rows, values = gradient.indices, gradient.values
         m_rows = beta_1 * tf.gather(m, rows) + (1 - beta_1) * values

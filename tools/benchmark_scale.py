@@ -121,8 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         print(f"benchmark_scale: {size} ratings", file=sys.stderr)
         rows += bench_size(size, args.work)
+        # After every size, so a run stopped part-way keeps what it measured.
+        (args.work / "scale.json").write_text(json.dumps({"rows": rows, "skipped": skipped}, indent=2) + "\n")
+        plot(rows, args.work / "scale.png")
     (args.work / "scale.json").write_text(json.dumps({"rows": rows, "skipped": skipped}, indent=2) + "\n")
-    plot(rows, args.work / "scale.png")
     header = f"{'ratings':>10} {'stage':<40} {'wall s':>8} {'rows/s':>9} {'peak MB':>9}"
     print(header)
     print("-" * len(header))

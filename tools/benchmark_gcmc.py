@@ -13,8 +13,10 @@ Stages:
   sampled (``hparams.sampled=true``): seconds per full-batch epoch, and how
   far the sampled RMSE is from the full-graph one;
 * ``generated``: ``rawdata.synth`` ratings of ML-10M's shape (10M half-star
-  ratings, 69878 users, 10677 items), a random 90/10 split, the graph, then
-  sampled training for ``--epochs`` epochs: seconds per epoch and peak memory.
+  ratings, 69878 users, 10677 items; ``--generated N`` for another size with
+  the same users and items), a random split (test 10 %, valid 10 % of the
+  rest), the graph, then sampled training for ``--epochs`` epochs: seconds per
+  epoch and peak memory. Files are named by size, so sizes do not mix.
 
 Usage::
 
@@ -90,16 +92,19 @@ def bench_ml100k(ml100k: Path, work: Path) -> list[dict]:
 
 
 def bench_generated(num_ratings: int, work: Path, epochs: int) -> list[dict]:
-    raw = work / "raw" / "ml-10m-shape" / "ratings.dat"
+    # Named by size: a rerun with another --generated must not reuse (or write into) another size's files.
+    name = f"ml-10m-shape-{num_ratings}"
+    raw = work / "raw" / name / "ratings.dat"
     raw.parent.mkdir(parents=True, exist_ok=True)
     if not raw.exists():
         subprocess.run([sys.executable, "-m", "rawdata.synth", "movielens", "--num-ratings", str(num_ratings),
                         "--num-users", str(ML10M_USERS), "--num-items", str(ML10M_ITEMS), "--half-stars",
                         "--format", "dat", "--output", str(raw)], cwd=REPO, check=True)
-    data = work / "data" / "ml-10m-shape"
-    rows = _pipelines("ml-10m shape", ["--input", str(raw), "--split", "random", "--test-fraction", "0.1",
-                                       "--rating-range", "0.5,5,0.5", "--num-shards", "16"], [], data)
-    rows.append(_train(f"ml-10m shape: sampled, {epochs} epoch(s)", data, work / "jobs" / "ml10m-sampled",
+    data = work / "data" / name
+    label = f"ml-10m shape, {num_ratings} ratings"
+    rows = _pipelines(label, ["--input", str(raw), "--split", "random", "--test-fraction", "0.1",
+                              "--rating-range", "0.5,5,0.5", "--num-shards", "16"], [], data)
+    rows.append(_train(f"{label}: sampled, {epochs} epoch(s)", data, work / "jobs" / f"{name}-sampled",
                        [f"train.epochs={epochs}"], config="movielens_gcmc_sampled.yaml"))
     return rows
 

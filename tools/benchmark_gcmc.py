@@ -9,9 +9,10 @@ This is a script that prints numbers, not a timed test.
 Stages:
 
 * ``ml-100k``: u1.base / u1.test (valid carved from u1.base), the graph, then
-  ``configs/movielens_gcmc.yaml`` full graph and the same hyperparameters
-  sampled (``hparams.sampled=true``): seconds per full-batch epoch, and how
-  far the sampled RMSE is from the full-graph one;
+  ``configs/movielens_gcmc.yaml`` (full graph) and
+  ``configs/movielens_gcmc_sampled.yaml`` (sampled subgraphs), both with the
+  refit: seconds per epoch, and how far the sampled test RMSE is from the
+  full-graph one (the refit models' and the train-only models');
 * ``generated``: ``rawdata.synth`` ratings of ML-10M's shape (10M half-star
   ratings, 69878 users, 10677 items; ``--generated N`` for another size with
   the same users and items), a random split (test 10 %, valid 10 % of the

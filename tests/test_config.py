@@ -101,3 +101,16 @@ def test_lastfm_edge_sets_in_hparams_match_the_schema():
     from trainer import hparams
 
     assert hparams.LASTFM_EDGE_SETS == tuple(lastfm.EDGE_SETS)
+
+
+def test_profile_steps_become_keras_profile_batch():
+    def train(value):
+        overrides = [] if value is None else [f"train.profile_steps={value}"]
+        return config_lib.train_config(config_lib.resolve(None, overrides))
+
+    assert train(None).profile_range() == 0
+    assert train("10,15").profile_range() == (10, 15)
+    assert train("7,7").profile_range() == (7, 7)
+    for bad, words in (("a", "FIRST,LAST"), ("5,3", "before FIRST"), ("0,2", "FIRST,LAST"), ("12", "a string")):
+        with pytest.raises(config_lib.ConfigError, match=words):
+            train(bad)

@@ -154,3 +154,87 @@ def test_a_run_killed_after_an_epoch_resumes_from_the_backup_to_the_same_weights
     restarted.set_weights(fit(tmp_path / "c", 2).get_weights())
     restarted.fit(ids, targets, batch_size=16, epochs=2, shuffle=False, verbose=0)
     assert not np.allclose(restarted.get_weights()[0], uninterrupted[0], atol=1e-4)
+
+
+DENSE_ALL_REDUCE_SCRIPT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from trainer import optimizers
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"],
+                                          cross_device_ops=tf.distribute.ReductionToOneDevice())
+rng = np.random.default_rng(0)
+table = rng.normal(size=(6, 3)).astype(np.float32)
+ids = tf.constant([[0, 0, 4, 5], [4, 1, 1, 2]], tf.int32)  # per replica; duplicates within and across replicas
+result = {}
+for name, make in (("sparse", lambda: tf.keras.optimizers.Adam(0.05)),
+                   ("dense", lambda: optimizers.DenseAllReduceAdam(0.05)),
+                   ("sgd_sparse", lambda: tf.keras.optimizers.SGD(0.05, momentum=0.9)),
+                   ("sgd_dense", lambda: optimizers.DenseAllReduceSGD(0.05, momentum=0.9))):
+    with strategy.scope():
+        variable = tf.Variable(table)
+        optimizer = make()
+
+    kinds = set()
+
+    @tf.function
+    def step():
+        def replica_fn():
+            index = tf.distribute.get_replica_context().replica_id_in_sync_group
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.gather(variable, ids[index]) ** 2)
+            grads = tape.gradient(loss, [variable])
+            aggregated = optimizer.aggregate_gradients(list(zip(grads, [variable])))  # what the update sees
+            kinds.add(type(aggregated[0][0]).__name__)  # at trace time
+            optimizer.apply_gradients(zip(grads, [variable]))
+        return strategy.run(replica_fn)
+
+    for _ in range(3):
+        step()
+    result[name] = variable.numpy().tolist()
+    result[name + "_kinds"] = sorted(kinds)
+print(json.dumps(result))
+"""
+
+
+def test_dense_all_reduce_sums_sparse_gradients_to_the_same_update(tmp_path):
+    """Two replicas (logical CPUs, in a child: they must exist before TensorFlow starts): the gathered sparse and
+    the dense sum give the same Adam and SGD-with-momentum updates, duplicates included."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "dense_all_reduce.py"
+    script.write_text(DENSE_ALL_REDUCE_SCRIPT)
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(result["dense"], result["sparse"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result["sgd_dense"], result["sgd_sparse"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(result["dense"], result["sgd_dense"])  # the steps did move the table
+    assert result["sparse_kinds"] == result["sgd_sparse_kinds"] == ["IndexedSlices"]
+    assert result["dense_kinds"] == result["sgd_dense_kinds"] == ["EagerTensor"] or \
+        result["dense_kinds"] == result["sgd_dense_kinds"] == ["SymbolicTensor"]
+
+
+def test_dense_all_reduce_is_chosen_by_the_config_and_refused_with_lazy_adam():
+    from trainer import config as config_lib
+    from trainer import optimizers
+    from trainer.experiment import make_optimizer
+
+    assert isinstance(make_optimizer(config_lib.TrainConfig(sparse_all_reduce="dense"), 10),
+                      optimizers.DenseAllReduceAdam)
+    assert isinstance(make_optimizer(config_lib.TrainConfig(optimizer="adagrad", sparse_all_reduce="dense"), 10),
+                      optimizers.DenseAllReduceAdagrad)
+    assert type(make_optimizer(config_lib.TrainConfig(), 10)) is tf.keras.optimizers.Adam
+    with pytest.raises(ValueError, match="lazy_adam"):
+        config_lib.TrainConfig(optimizer="lazy_adam", sparse_all_reduce="dense")
+    with pytest.raises(ValueError, match="sparse_all_reduce"):
+        config_lib.TrainConfig(sparse_all_reduce="ring")

@@ -371,3 +371,28 @@ def test_unknown_tracker_is_one_line(tmp_path):
     result = _run_cli("--config", "configs/movielens_mf.yaml", "--data", str(tmp_path), "--job-dir",
                       str(tmp_path / "j"), "--track", "wandb")
     _assert_one_line_error(result, "--track 'wandb': unknown tracker; known: none")
+
+
+def test_profiled_steps_are_summarised_by_group(tiny, tmp_path):
+    """train.profile_steps traces those steps (Keras' TensorBoard profile_batch); tools/profile_steps.py reads the
+    trace back with TensorFlow's own converter and splits the host op time into input / compute / optimizer."""
+    job = tmp_path / "job"
+    code = task.main([
+        "--config", str(REPO / "configs" / "movielens_mf.yaml"), "--data", str(tiny["data"]), "--job-dir", str(job),
+        "--set", "train.epochs=1", "--set", "train.batch_size=16", "--set", "train.refit=false",
+        "--set", "train.profile_steps=3,6",
+    ])
+    assert code == 0
+    assert list((job / "tensorboard").rglob("*.xplane.pb"))
+    out = subprocess.run([sys.executable, "tools/profile_steps.py", str(job / "tensorboard"), "--steps", "4", "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and set(summary["ms"]) == {"collective", "input", "optimizer", "compute"}
+    assert summary["ms"]["compute"] > 0 and summary["ms"]["input"] > 0 and summary["ms"]["optimizer"] > 0
+    assert summary["ms"]["collective"] == 0  # one process: nothing to all-reduce
+    assert sum(summary["share"].values()) == pytest.approx(1.0, abs=0.01)
+    (tmp_path / "no-profile").mkdir()
+    empty = subprocess.run([sys.executable, "tools/profile_steps.py", str(tmp_path / "no-profile")], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert empty.returncode != 0 and "train.profile_steps=FIRST,LAST" in empty.stderr

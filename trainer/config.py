@@ -33,6 +33,7 @@ import yaml
 SECTIONS = ("model", "train", "hparams")
 OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
+SPARSE_ALL_REDUCE = ("gather", "dense")
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,15 @@ class TrainConfig:
         (initialisation, dropout and shuffling), each with its own epoch chosen on
         valid; the kept model averages their class probabilities (graph
         classification only; 1: one fit).
+      sparse_all_reduce: how several workers sum an embedding table's sparse gradient:
+        ``gather`` (TensorFlow's all-gather of the batch rows) or ``dense`` (the ring
+        all-reduce of the whole table: less data when the table has fewer rows than
+        the workers' batches touch; ``trainer.optimizers.DenseAllReduce``). Not with
+        ``lazy_adam``. One process: no effect.
+      profile_steps: ``"FIRST,LAST"`` (1-based steps counted from the start of the fit): the
+        TensorFlow profiler traces those steps into the TensorBoard log directory
+        (``tensorboard --logdir JOB/tensorboard``, Profile tab; ``tools/profile_steps.py``
+        prints where the step time goes). None: no profile.
     """
 
     epochs: int = 10
@@ -84,6 +94,8 @@ class TrainConfig:
     monitor: str | None = None
     refit: bool = False
     ensemble_size: int = 1
+    sparse_all_reduce: str = "gather"
+    profile_steps: str | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -99,6 +111,27 @@ class TrainConfig:
             raise ValueError(f"patience must be >= 1 or null, got {self.patience}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}")
+        if self.sparse_all_reduce not in SPARSE_ALL_REDUCE:
+            raise ValueError(f"sparse_all_reduce must be one of {', '.join(SPARSE_ALL_REDUCE)}, "
+                             f"got {self.sparse_all_reduce!r}")
+        if self.sparse_all_reduce == "dense" and self.optimizer == "lazy_adam":
+            raise ValueError("sparse_all_reduce: dense would hand lazy_adam a dense gradient, and it would then "
+                             "update every row; use gather with lazy_adam")
+        if self.profile_steps is not None:
+            self.profile_range()  # raises on a malformed value
+
+    def profile_range(self) -> tuple[int, int] | int:
+        """``profile_steps`` as Keras' ``profile_batch`` (0: no profile)."""
+        if self.profile_steps is None:
+            return 0
+        parts = [p.strip() for p in str(self.profile_steps).split(",")]
+        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ValueError(f'profile_steps must be "FIRST,LAST" (steps >= 1; "N,N" for one step), '
+                             f"got {self.profile_steps!r}")
+        first, last = int(parts[0]), int(parts[1])
+        if last < first:
+            raise ValueError(f"profile_steps: LAST {last} is before FIRST {first}")
+        return first, last
 
 
 # --------------------------------------------------------------------------- typed values

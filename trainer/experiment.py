@@ -142,15 +142,16 @@ def make_optimizer(train: config_lib.TrainConfig, total_steps: int) -> tf.keras.
     rate: Any = float(train.learning_rate)
     if train.lr_schedule == "cosine":
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(1, total_steps))
-    if train.optimizer == "adagrad":
-        return tf.keras.optimizers.Adagrad(rate)
-    if train.optimizer == "sgd":
-        return tf.keras.optimizers.SGD(rate, momentum=0.9)
-    if train.optimizer == "lazy_adam":
-        from trainer.optimizers import LazyAdam  # sparse rows only: see its module docstring
+    from trainer import optimizers  # LazyAdam: sparse rows only; DenseAllReduce*: see their docstrings
 
-        return LazyAdam(rate)
-    return tf.keras.optimizers.Adam(rate)
+    dense = train.sparse_all_reduce == "dense"
+    if train.optimizer == "adagrad":
+        return (optimizers.DenseAllReduceAdagrad if dense else tf.keras.optimizers.Adagrad)(rate)
+    if train.optimizer == "sgd":
+        return (optimizers.DenseAllReduceSGD if dense else tf.keras.optimizers.SGD)(rate, momentum=0.9)
+    if train.optimizer == "lazy_adam":
+        return optimizers.LazyAdam(rate)
+    return (optimizers.DenseAllReduceAdam if dense else tf.keras.optimizers.Adam)(rate)
 
 
 def run(*, config: Mapping[str, Any], data_dir: str, job: str | JobPaths,
@@ -313,7 +314,7 @@ def _fit_keras(task, train: config_lib.TrainConfig, paths: JobPaths, cluster, st
     callbacks += [
         tf.keras.callbacks.BackupAndRestore(backup),
         selection,  # after the backup (see BestEpoch)
-        tf.keras.callbacks.TensorBoard(tensorboard, update_freq="epoch", profile_batch=0),
+        tf.keras.callbacks.TensorBoard(tensorboard, update_freq="epoch", profile_batch=train.profile_range()),
     ]
     if tracker is not None and cluster.is_lead:
         callbacks.append(callbacks_lib.TrackerReporter(tracker))

@@ -73,3 +73,45 @@ class LazyAdam(tf.keras.optimizers.Adam):
         m.scatter_update(tf.IndexedSlices(m_rows, rows))
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
         variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + epsilon), rows))
+
+
+class DenseAllReduce:
+    """Mixin: between workers, sum an embedding table's sparse gradient as a dense tensor.
+
+    Under ``MultiWorkerMirroredStrategy`` Keras sums each gradient across replicas
+    (``aggregate_gradients``, the hook tf-keras documents for this). A
+    ``tf.IndexedSlices`` gradient (an embedding lookup's) is summed by an
+    all-gather of its rows: each worker receives every other worker's batch rows
+    (``nnz x (dim + 1)`` values per worker, growing with the batch), and the
+    result keeps every duplicate. A dense gradient goes through the ring
+    all-reduce instead, about ``2 x rows x dim`` values per worker whatever the
+    batch. When a table has fewer rows than the rows a step touches across the
+    workers (ML-100K / ML-1M users and items against batches of thousands) the
+    dense sum moves less data; for tables far larger than a step (ML-25M's users
+    against a small batch) the gather does. ``train.sparse_all_reduce: dense``
+    chooses it (README, "Local multi-worker").
+
+    Only for optimizers whose sparse and dense updates are the same maths (Keras'
+    ``adam``, ``adagrad``, ``sgd``: a row without gradient gets the same update
+    from a zero dense row as from no slice); ``lazy_adam`` is not one of them.
+    One replica: gradients are left as they are.
+    """
+
+    def aggregate_gradients(self, grads_and_vars):
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            grads_and_vars = [(tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g, v)
+                              for g, v in grads_and_vars]
+        return super().aggregate_gradients(grads_and_vars)
+
+
+class DenseAllReduceAdam(DenseAllReduce, tf.keras.optimizers.Adam):
+    """``tf.keras.optimizers.Adam`` with ``DenseAllReduce``."""
+
+
+class DenseAllReduceAdagrad(DenseAllReduce, tf.keras.optimizers.Adagrad):
+    """``tf.keras.optimizers.Adagrad`` with ``DenseAllReduce``."""
+
+
+class DenseAllReduceSGD(DenseAllReduce, tf.keras.optimizers.SGD):
+    """``tf.keras.optimizers.SGD`` with ``DenseAllReduce``."""

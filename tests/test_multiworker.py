@@ -132,6 +132,10 @@ STAND_IN = textwrap.dedent("""
     me = config["task"]["type"]
     mode = sys.argv[1]
     print(f"{me} up", flush=True)
+    if mode == "threads":
+        print(f"{me} threads {os.environ.get('TF_NUM_INTRAOP_THREADS')} {os.environ.get('TF_NUM_INTEROP_THREADS')}",
+              flush=True)
+        sys.exit(0)
     if mode == "worker-never-starts" and me == "worker":
         time.sleep(600)
     if mode == "worker-dies" and me == "worker":
@@ -191,6 +195,26 @@ def test_launcher_reports_a_peer_that_never_starts(stand_in):
     assert re.search(r"FAILED: worker:0 \(127\.0\.0\.1:\d+\) never started", text)
     assert "chief:0" not in text.split("never started")[0].split("FAILED:")[1]
     assert seconds < 30
+
+
+def test_launcher_sets_thread_pools_only_when_asked(stand_in, monkeypatch):
+    """--threads-per-worker N sets both TensorFlow pools per task; without it, or with the caller's variables, not."""
+    monkeypatch.setattr(launch_local.os, "cpu_count", lambda: 4)
+    assert launch_local.thread_pool_size(2, None) == 0
+    assert launch_local.thread_pool_size(2, 3) == 3
+    assert launch_local.thread_pool_size(2, -1) == 2 and launch_local.thread_pool_size(8, -1) == 1
+    with pytest.raises(ValueError):
+        launch_local.thread_pool_size(2, -2)
+    for name in launch_local.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    code, text, _ = _launch_stand_in(stand_in, "threads", workers=2, threads_per_worker=-1)
+    assert code == 0, text
+    assert "[chief:0] chief threads 2 2" in text and "[worker:0] worker threads 2 2" in text
+    code, text, _ = _launch_stand_in(stand_in, "threads", workers=2)
+    assert "[chief:0] chief threads None None" in text, text
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    code, text, _ = _launch_stand_in(stand_in, "threads", workers=2, threads_per_worker=1)
+    assert "[worker:0] worker threads 3 1" in text, text
 
 
 def test_trainer_local_workers_flag_strips_itself():

@@ -18,8 +18,9 @@ task N threads in TensorFlow's intra-op and inter-op pools
 large as the machine each (TensorFlow's default, kept without the flag or when
 those variables are already set). Measured on 2 cores (README, "Local
 multi-worker"): 1 thread each helps MF, NeuMF and BPR (MF at a global batch of
-32768: 1.05x -> 1.14x the examples/s of one process) and slows the GNN (0.74x ->
-0.62x), so it is not the default.
+32768: 1.05x -> 1.14x the examples/s of one process); for the GNN it was worse
+at a batch of 128 (0.74x -> 0.62x) and better at 512 (0.90x -> 1.05x), so it is
+not the default.
 
 Usage::
 

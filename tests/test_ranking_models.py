@@ -173,7 +173,7 @@ def test_neumf_starts_from_pretrained_gmf_and_mlp(fitted, tiny):
     from trainer.models import neumf
 
     info = data.load_data_info(str(tiny["data"]))
-    base = config_lib.resolve(str(REPO / "configs" / "movielens_neumf.yaml"), [
+    base = config_lib.resolve(str(REPO / "configs" / "movielens_neumf_pretrained.yaml"), [
         f"hparams.pretrained_gmf_dir={tiny['root'] / 'job-gmf'}", f"hparams.pretrained_mlp_dir={tiny['root'] / 'job-mlp'}",
     ])
     model = neumf.build_model(config_lib.model_config(base), info, 32)

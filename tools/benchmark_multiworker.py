@@ -7,8 +7,8 @@ runs the trainer on the same pipeline output and config:
 * ``N workers, TF's thread pools``       G/N per worker (same global batch, same steps, same
                                          math), each worker with TensorFlow's default pools, as
                                          large as the machine (``--threads-per-worker 0``);
-* ``N workers, cores/N threads each``    the same with the launcher's default: each worker's
-                                         intra-op and inter-op pools at cores // N threads;
+* ``N workers, cores // N threads each`` the same with ``--threads-per-worker -1``: each
+                                         worker's intra-op and inter-op pools at cores // N threads;
 * ``N workers, ..., dense all-reduce``   the same, with ``train.sparse_all_reduce: dense``: the
                                          embedding tables' gradients summed as dense tensors
                                          (ring all-reduce) instead of all-gathered batch rows
@@ -19,8 +19,9 @@ Examples/s come from the steady epochs (every epoch after the first, whose time
 includes tracing), from each run's metrics.json (``timings.epoch_seconds``,
 ``cluster.steps_per_epoch`` x ``global_batch_size``); valid evaluation and the
 refit are switched off, so an epoch is training steps only. Efficiency is the N
-workers' examples/s over the one process's at the same global batch: on one
-machine the workers share its cores, so 1.0 is the most they can reach. The
+workers' examples/s over the one process's at the same global batch. On one
+machine the workers share its cores; they can still pass 1.0 where one process
+leaves cores idle on small steps (README, "Scaling table"). The
 per-step collective cost is ``ms/step(N workers, G/N) - ms/step(1 process, G/N)``:
 the all-reduce and the cross-process synchronisation (plus, on one machine, the
 workers competing for the same cores).
@@ -144,7 +145,7 @@ def bench_model(name: str, data: Path, work: Path, *, workers: int, global_batch
                 timeout: float, reuse: bool) -> dict:
     config = str(REPO / MODELS[name][0])
     per_worker = global_batch // workers
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    each = -1  # the launcher's --threads-per-worker -1: cores // workers threads per worker
     common = dict(config=config, epochs=epochs, timeout=timeout, reuse=reuse)
     runs = {
         "1 process": run_trainer(data, work / f"job-{name}-{global_batch}-1p", workers=1,
@@ -152,14 +153,14 @@ def bench_model(name: str, data: Path, work: Path, *, workers: int, global_batch
         f"{workers} workers, TF's thread pools": run_trainer(
             data, work / f"job-{name}-{global_batch}-{workers}w", workers=workers, per_replica_batch=per_worker,
             threads=0, **common),
-        f"{workers} workers, {threads} thread(s) each": run_trainer(
+        f"{workers} workers, cores // {workers} threads each": run_trainer(
             data, work / f"job-{name}-{global_batch}-{workers}w-t", workers=workers, per_replica_batch=per_worker,
-            threads=threads, **common),
+            threads=each, **common),
     }
     if name != "gnn":  # its tables are hashed features the batch touches sparsely; no id embeddings (use_ids: false)
-        runs[f"{workers} workers, {threads} thread(s), dense all-reduce"] = run_trainer(
+        runs[f"{workers} workers, cores // {workers} threads, dense all-reduce"] = run_trainer(
             data, work / f"job-{name}-{global_batch}-{workers}w-dense", workers=workers, per_replica_batch=per_worker,
-            threads=threads, extra=["--set", "train.sparse_all_reduce=dense"], **common)
+            threads=each, extra=["--set", "train.sparse_all_reduce=dense"], **common)
     runs[f"1 process, batch {per_worker}"] = run_trainer(data, work / f"job-{name}-{global_batch}-1p-half", workers=1,
                                                       per_replica_batch=per_worker, threads=0, **common)
     base = runs["1 process"]["examples_per_second"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 GROUPS = ("collective", "input", "optimizer", "compute")
-_INPUT_PREFIXES = ("Dataset", "Iterator", "ParseExample", "TFRecord", "Dataset", "MultiDeviceIterator", "ParallelMap",
+_INPUT_PREFIXES = ("Dataset", "Iterator", "ParseExample", "TFRecord", "MultiDeviceIterator", "ParallelMap",
                    "ParallelInterleave", "Shuffle", "Batch", "Prefetch", "Map", "Interleave", "Repeat",
                    "Take", "FlatMap", "OptionsDataset", "ModelDataset", "Filter")
 _OPTIMIZER_PREFIXES = ("ResourceApply", "ResourceSparseApply", "ResourceScatter", "AssignAddVariable",
@@ -57,7 +57,7 @@ def newest_xplane(root: Path) -> Path:
 
 
 def op_table(xplane: Path) -> list[dict]:
-    """Rows of TensorFlow's ``framework_op_stats`` tool: type, name, occurrences, host self time (us)."""
+    """Rows of TensorFlow's ``framework_op_stats`` tool: type, name, host self time (us)."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
     raw, ok = plugin.xspace_to_tools_data([str(xplane)], "framework_op_stats", {})
@@ -67,31 +67,32 @@ def op_table(xplane: Path) -> list[dict]:
     table = table[0] if isinstance(table, list) else table
     columns = [c["id"] for c in table["cols"]]
 
-    def col(*names: str) -> int:
-        for name in names:
-            if name in columns:
-                return columns.index(name)
-        raise SystemExit(f"{xplane}: the framework_op_stats table has no column {names[0]} (columns: {columns})")
+    def col(column: str) -> int:
+        if column not in columns:
+            raise SystemExit(f"{xplane}: the framework_op_stats table has no column {column} (columns: {columns})")
+        return columns.index(column)
 
-    host, kind, name = col("host_or_device"), col("type"), col("operation")
-    count, self_us = col("occurrences"), col("total_self_time")
+    host, kind, name, self_us = col("host_or_device"), col("type"), col("operation"), col("total_self_time")
     rows = []
     for row in table["rows"]:
         cells = [c.get("v") if isinstance(c, dict) else c for c in row["c"]]
         if str(cells[host]).lower() != "host" or cells[kind] == "IDLE":
             continue
-        rows.append({"type": str(cells[kind]), "name": str(cells[name]), "occurrences": int(cells[count]),
-                     "self_us": float(cells[self_us])})
+        rows.append({"type": str(cells[kind]), "name": str(cells[name]), "self_us": float(cells[self_us])})
     return rows
 
 
 def summarize(rows: list[dict], steps: int | None) -> dict:
+    """Per group and per op type: ms (per step when ``steps`` is given), and each group's share."""
     totals = {g: 0.0 for g in GROUPS}
+    by_type: dict[str, float] = {}
     for row in rows:
         totals[group_of(row["type"], row["name"])] += row["self_us"]
-    per = max(1, steps or 1)
-    return {"steps": steps, "ms": {g: round(totals[g] / 1000.0 / per, 2) for g in GROUPS},
-            "share": {g: round(totals[g] / max(sum(totals.values()), 1e-9), 3) for g in GROUPS}}
+        by_type[row["type"]] = by_type.get(row["type"], 0.0) + row["self_us"]
+    per = 1000.0 * max(1, steps or 1)
+    return {"steps": steps, "ms": {g: round(totals[g] / per, 2) for g in GROUPS},
+            "share": {g: round(totals[g] / max(sum(totals.values()), 1e-9), 3) for g in GROUPS},
+            "ms_by_type": {t: round(us / per, 2) for t, us in sorted(by_type.items(), key=lambda kv: -kv[1])}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,12 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{xplane}\nhost op self time by group ({unit}; summed over threads):")
     for g in GROUPS:
         print(f"  {g:11} {summary['ms'][g]:10.2f}  {100 * summary['share'][g]:5.1f} %")
-    by_type: dict[str, float] = {}
-    for row in rows:
-        by_type[row["type"]] = by_type.get(row["type"], 0.0) + row["self_us"]
     print(f"slowest op types ({unit}):")
-    for op_type, us in sorted(by_type.items(), key=lambda kv: -kv[1])[: args.top]:
-        print(f"  {op_type:40} {us / 1000.0 / max(1, args.steps or 1):10.2f}  ({group_of(op_type, '')})")
+    for op_type, ms in list(summary["ms_by_type"].items())[: args.top]:
+        print(f"  {op_type:40} {ms:10.2f}  ({group_of(op_type, '')})")
     return 0
 
 

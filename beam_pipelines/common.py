@@ -428,16 +428,24 @@ def encode_json_line(record: dict[str, Any]) -> bytes:
 
 # --------------------------------------------------------------------------- grouping
 class _ChunkByKey(beam.DoFn):
-    """Buffers elements per key within a bundle and emits ``(key, [elements])`` chunks."""
+    """Buffers elements per key within a bundle and emits ``(key, [elements])`` chunks.
 
-    def __init__(self, key_fn: Callable[[Any], int], chunk_size: int):
+    With ``spill_dir``, each chunk is pickled to its own file there and the
+    chunk crosses the shuffle as ``(key, path)`` (see ``SPILL``).
+    """
+
+    def __init__(self, key_fn: Callable[[Any], int], chunk_size: int, spill_dir: str | None = None):
         super().__init__()
         self._key_fn = key_fn
         self._chunk_size = chunk_size
+        self._spill_dir = spill_dir
         self._buffers: dict[int, list] = {}
 
     def start_bundle(self):
         self._buffers = {}
+
+    def _emit(self, key: int, buffer: list) -> tuple[int, Any]:
+        return (key, buffer) if self._spill_dir is None else (key, spill_chunk(self._spill_dir, key, buffer))
 
     def process(self, element):
         key = self._key_fn(element)
@@ -445,15 +453,73 @@ class _ChunkByKey(beam.DoFn):
         buffer.append(element)
         if len(buffer) >= self._chunk_size:
             self._buffers[key] = []
-            yield key, buffer
+            yield self._emit(key, buffer)
 
     def finish_bundle(self):
         from apache_beam.transforms.window import GlobalWindows
 
         for key, buffer in self._buffers.items():
             if buffer:
-                yield GlobalWindows.windowed_value((key, buffer))
+                yield GlobalWindows.windowed_value(self._emit(key, buffer))
         self._buffers = {}
+
+
+# Spilling: on one machine, Beam's in-process runner (the FnApiRunner behind the
+# DirectRunner) keeps every PCollection that crosses a stage boundary in memory as
+# encoded bytes, and copies a stage's whole input into its data channel before the
+# stage runs; it has no spilling, so a pipeline's peak grows with its largest
+# shuffle. With a spill directory, the large shuffles here move file paths instead:
+# a chunk of elements is pickled to a local file on the producing side, and the
+# consuming stage reads the files of one bucket (or one chunk) at a time. Only for
+# runners whose workers share this machine's disk (the DirectRunner); Dataflow's
+# shuffle is disk- and service-backed already, and its workers do not share a disk.
+SPILL_CHOICES = ("auto", "on", "off")
+
+
+def spill_chunk(spill_dir: str, key: int, elements: list) -> str:
+    """Pickles ``elements`` into a new file under ``spill_dir``; returns its path."""
+    import pickle
+    import uuid
+
+    path = os.path.join(spill_dir, f"{key:06d}-{uuid.uuid4().hex}.pkl")
+    with open(path, "wb") as handle:
+        pickle.dump(elements, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def load_chunk(path: str) -> list:
+    """The elements ``spill_chunk`` wrote (files this pipeline wrote itself, never user input)."""
+    import pickle
+
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def wants_spill(choice: str, options) -> bool:
+    """Whether ``--spill choice`` spills on this pipeline's runner.
+
+    ``auto`` spills on the DirectRunner (the default runner) and not elsewhere;
+    ``on`` with another runner is an error, checked before any output is touched.
+
+    Raises:
+      PipelineInputError: ``--spill on`` with a runner whose workers do not share this machine's disk.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if choice not in SPILL_CHOICES:
+        raise PipelineInputError(f"--spill must be one of {', '.join(SPILL_CHOICES)}, got {choice!r}")
+    runner = str(options.view_as(StandardOptions).runner or "DirectRunner")
+    local = runner.split(".")[-1] in ("DirectRunner", "direct", "SwitchingDirectRunner", "BundleBasedDirectRunner")
+    if choice == "on" and not local:
+        raise PipelineInputError(f"--spill on needs the DirectRunner (its workers share this machine's disk), "
+                                 f"not {runner}; use --spill auto or off")
+    return choice == "on" or (choice == "auto" and local)
+
+
+def _concatenate(key: int, chunks: Iterable[Any], spilled: bool) -> tuple[int, list]:
+    if not spilled:
+        return key, [element for chunk in chunks for element in chunk]
+    return key, [element for path in sorted(p for p in chunks if p) for element in load_chunk(path)]
 
 
 class GroupIntoBuckets(beam.PTransform):
@@ -464,23 +530,71 @@ class GroupIntoBuckets(beam.PTransform):
     cost of a shuffle dominates pipelines of small records, and chunking cuts it
     several-fold. ``key_fn`` must return an int in ``[0, num_buckets)``.
     Every bucket is emitted, empty ones as ``(bucket, [])``.
+
+    With ``spill_dir`` (a local directory; see ``wants_spill``), chunks are pickled to files there and
+    only their paths are shuffled: the runner then holds one bucket at a time,
+    not every bucket. The buckets hold the same elements either way.
     """
 
-    def __init__(self, key_fn: Callable[[Any], int], num_buckets: int, chunk_size: int = 5000):
+    def __init__(self, key_fn: Callable[[Any], int], num_buckets: int, chunk_size: int = 5000,
+                 spill_dir: str | None = None):
         super().__init__()
         self._key_fn = key_fn
         self._num_buckets = num_buckets
         self._chunk_size = chunk_size
+        self._spill_dir = spill_dir
 
     def expand(self, pcoll):
-        chunks = pcoll | "Chunk" >> beam.ParDo(_ChunkByKey(self._key_fn, self._chunk_size))
-        every = pcoll.pipeline | "EveryBucket" >> beam.Create([(i, []) for i in range(self._num_buckets)])
+        spill_dir = self._spill_dir
+        chunks = pcoll | "Chunk" >> beam.ParDo(_ChunkByKey(self._key_fn, self._chunk_size, spill_dir))
+        empty = [] if spill_dir is None else ""
+        every = pcoll.pipeline | "EveryBucket" >> beam.Create([(i, empty) for i in range(self._num_buckets)])
+        spilled = spill_dir is not None
         return (
             (chunks, every)
             | "FlattenChunks" >> beam.Flatten()
             | "GroupChunks" >> beam.GroupByKey()
-            | "Concatenate" >> beam.MapTuple(lambda key, lists: (key, [e for chunk in lists for e in chunk]))
+            | "Concatenate" >> beam.Map(lambda group: _concatenate(*group, spilled))
         )
+
+
+class SpillToDisk(beam.PTransform):
+    """A PCollection -> a small PCollection of its spilled chunk files (``ReadSpilled`` gives the elements back).
+
+    For a PCollection that several later stages read (tf.Transform's analysis and
+    transform both read the train rows): each reader applies its own
+    ``ReadSpilled``, so each reads the files inside its own stage and the runner
+    holds only the paths. Without ``spill_dir`` the elements pass through
+    unchanged and ``ReadSpilled`` is the identity: the same pipeline either way.
+    """
+
+    def __init__(self, spill_dir: str | None, chunk_size: int = 8):
+        super().__init__()
+        self._spill_dir = spill_dir
+        self._chunk_size = chunk_size
+
+    def expand(self, pcoll):
+        spill_dir = self._spill_dir
+        if spill_dir is None:
+            return pcoll
+        return (pcoll
+                | "Chunk" >> beam.ParDo(_ChunkByKey(lambda _: 0, self._chunk_size, spill_dir))
+                # A shuffle of the paths: every file is written before any stage reads one.
+                | "GroupPaths" >> beam.GroupByKey()
+                | "Paths" >> beam.FlatMapTuple(lambda _, paths: sorted(paths)))
+
+
+class ReadSpilled(beam.PTransform):
+    """The elements of ``SpillToDisk``'s files, read one file at a time (the identity without spilling)."""
+
+    def __init__(self, spill_dir: str | None):
+        super().__init__()
+        self._spilled = spill_dir is not None
+
+    def expand(self, pcoll):
+        if not self._spilled:
+            return pcoll
+        return pcoll | "Load" >> beam.FlatMap(load_chunk)
 
 
 # --------------------------------------------------------------------------- writing
@@ -553,22 +667,24 @@ class WriteDeterministicShards(beam.PTransform):
       prefix: path prefix, e.g. ``OUTPUT/train/part``.
       num_shards: number of files.
       kind: ``"tfrecord"`` (gzip TFRecord) or ``"jsonl"`` (newline-delimited text).
+      spill_dir: shuffle the records through local files (``GroupIntoBuckets``); the same files either way.
     """
 
-    def __init__(self, prefix: str, num_shards: int, kind: str = "tfrecord"):
+    def __init__(self, prefix: str, num_shards: int, kind: str = "tfrecord", spill_dir: str | None = None):
         super().__init__()
         if kind not in ("tfrecord", "jsonl"):
             raise ValueError(f"unknown shard kind {kind!r}")
         self._prefix = prefix
         self._num_shards = num_shards
         self._kind = kind
+        self._spill_dir = spill_dir
 
     def expand(self, records):
         n = self._num_shards
         # crc32 is stable across processes and ~10x cheaper than blake2b here.
         return (
             records
-            | "GroupByShard" >> GroupIntoBuckets(lambda b: zlib.crc32(b) % n, n)
+            | "GroupByShard" >> GroupIntoBuckets(lambda b: zlib.crc32(b) % n, n, spill_dir=self._spill_dir)
             | "WriteShard" >> beam.MapTuple(self._write_shard)
         )
 

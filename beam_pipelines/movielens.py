@@ -78,6 +78,7 @@ OUTPUT_NAMES = ("train", "valid", "test", "eval", "rejected", "transform_fn", "t
                 "graph", "graph_schema.pbtxt")  # the last two: beam_pipelines.rating_graph's, stale after a rerun
 SECONDS_PER_DAY = 86400
 DEDUP_BUCKETS = 64  # shuffle buckets for duplicate detection
+USER_BUCKETS = 64  # shuffle buckets for the per-user protocols (leave-one-out, listed negatives)
 RECORD_BATCH_SIZE = 20_000  # rows per Arrow record batch fed to tf.Transform
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLIT_NAMES = (TRAIN, VALID, TEST)
@@ -652,12 +653,14 @@ class SplitSpec:
 class SplitRatings(beam.PTransform):
     """Deduplicated ``Rating``s -> ``{"train", "valid", "test"}`` PCollections of raw rows."""
 
-    def __init__(self, spec: SplitSpec, given_negatives=None):
+    def __init__(self, spec: SplitSpec, given_negatives=None, spill_dir: str | None = None):
         """``given_negatives``: optional PCollection of ``(user, (item, negatives))``
-        from an NCF ``.test.negative`` file, attached to the test rows of a given split."""
+        from an NCF ``.test.negative`` file, attached to the test rows of a given split.
+        ``spill_dir``: the per-user grouping and the temporal passes go through local files."""
         super().__init__()
         self._spec = spec
         self._given_negatives = given_negatives
+        self._spill_dir = spill_dir
 
     def expand(self, ratings):
         spec = self._spec
@@ -686,8 +689,10 @@ class SplitRatings(beam.PTransform):
             | "SortItems" >> beam.Map(sorted)
         )
         grouped = (ratings
-                   | "KeyByUser" >> beam.Map(lambda r: (r.user, tuple(r)))
-                   | "GroupByUser" >> beam.GroupByKey())
+                   | "AsTuples" >> beam.Map(tuple)
+                   | "GroupByUserBucket" >> common.GroupIntoBuckets(_user_bucket, USER_BUCKETS,
+                                                                     spill_dir=self._spill_dir)
+                   | "GroupByUser" >> beam.FlatMapTuple(_group_by_user))
         if spec.protocol == "leave_one_out":
             return grouped | "LeaveOneOut" >> beam.FlatMap(
                 lambda group, items: leave_one_out(group[0], map(Rating._make, group[1]), items, spec.num_negatives,
@@ -716,21 +721,41 @@ class SplitRatings(beam.PTransform):
                     temporal_cutoff_day(counts, fraction, flag), split))
             )
 
-        test_day = cutoff(ratings, "", TEST, spec.test_fraction, "--test-fraction")
-        by_test = ratings | "AssignTestByTime" >> beam.Map(
+        # Each pass reads the ratings twice (the day counts, then the assignment that waits for the
+        # cutoff): spilled, the runner holds the paths between the two, not the ratings.
+        spill = self._spill_dir
+        ratings = ratings | "SpillRatings" >> common.SpillToDisk(spill, chunk_size=5000)
+        test_day = cutoff(ratings | "ReadForTestDay" >> common.ReadSpilled(spill),
+                          "", TEST, spec.test_fraction, "--test-fraction")
+        by_test = ratings | "ReadForTestSplit" >> common.ReadSpilled(spill) | "AssignTestByTime" >> beam.Map(
             lambda r, day: (TEST if r.timestamp // SECONDS_PER_DAY >= day else TRAIN, r, []),
             day=beam.pvalue.AsSingleton(test_day),
         )
         if not spec.valid_fraction:
             return by_test
         parts = by_test | "TestOrNot" >> beam.Partition(lambda a, _: 0 if a[0] == TEST else 1, 2)
-        train_side = parts[1] | "TrainSide" >> beam.Map(lambda a: a[1])
-        valid_day = cutoff(train_side, "Valid", VALID, spec.valid_fraction, "--valid-fraction")
-        by_valid = train_side | "AssignValidByTime" >> beam.Map(
+        train_side = (parts[1]
+                      | "TrainSide" >> beam.Map(lambda a: a[1])
+                      | "SpillTrainSide" >> common.SpillToDisk(spill, chunk_size=5000))
+        valid_day = cutoff(train_side | "ReadForValidDay" >> common.ReadSpilled(spill),
+                           "Valid", VALID, spec.valid_fraction, "--valid-fraction")
+        by_valid = train_side | "ReadForValidSplit" >> common.ReadSpilled(spill) | "AssignValidByTime" >> beam.Map(
             lambda r, day: (VALID if r.timestamp // SECONDS_PER_DAY >= day else TRAIN, r, []),
             day=beam.pvalue.AsSingleton(valid_day),
         )
         return (parts[0], by_valid) | "FlattenTemporal" >> beam.Flatten()
+
+
+def _user_bucket(row: tuple) -> int:
+    return zlib.crc32(row[0].encode()) % USER_BUCKETS
+
+
+def _group_by_user(bucket: int, rows: list[tuple]) -> list[tuple[str, list[tuple]]]:
+    """A bucket's rows -> ``(user, [rows])`` per user."""
+    users: dict[str, list[tuple]] = {}
+    for row in rows:
+        users.setdefault(row[0], []).append(row)
+    return list(users.items())
 
 
 def _record_cutoff(day: int, split: str) -> int:
@@ -790,28 +815,35 @@ class TransformAndWrite(beam.PTransform):
     same ``transform_fn`` and writes it beside the data.
     """
 
-    def __init__(self, output: str, temp_dir: str, num_shards: int):
+    def __init__(self, output: str, temp_dir: str, num_shards: int, spill_dir: str | None = None):
         super().__init__()
         self._output = output
         self._temp_dir = temp_dir
         self._num_shards = num_shards
+        self._spill_dir = spill_dir
 
     def expand(self, rows: dict[str, Any]):
         import tensorflow_transform.beam as tft_beam
         from tfx_bsl.coders import example_coder
 
         config = raw_tensor_adapter_config()
+        spill = self._spill_dir
         # Large record batches: tf.Transform's cost is dominated by per-batch
-        # TensorFlow calls, so fewer, bigger batches are much faster.
+        # TensorFlow calls, so fewer, bigger batches are much faster. The batches are
+        # spilled when a spill directory is given: the analysis and the transforms
+        # run in later stages (the transforms wait for the analysis), so without it
+        # the runner holds every split's batches in memory until then.
         with tft_beam.Context(temp_dir=self._temp_dir, desired_batch_size=RECORD_BATCH_SIZE):
-            raw_train = rows[TRAIN] | "BatchTrain" >> beam.ParDo(BatchRawRows(RECORD_BATCH_SIZE))
-            (train, _), transform_fn = (raw_train, config) | "AnalyzeAndTransform" >> (
-                tft_beam.AnalyzeAndTransformDataset(preprocessing_fn, output_record_batches=True)
-            )
-            transformed = {TRAIN: train}
-            for name in (VALID, TEST):
-                raw = rows[name] | f"Batch{name.title()}" >> beam.ParDo(BatchRawRows(RECORD_BATCH_SIZE))
-                transformed[name], _ = ((raw, config), transform_fn) | f"Transform{name.title()}" >> (
+            raw = {name: rows[name]
+                   | f"Batch{name.title()}" >> beam.ParDo(BatchRawRows(RECORD_BATCH_SIZE))
+                   | f"Spill{name.title()}" >> common.SpillToDisk(spill)
+                   for name in SPLIT_NAMES}
+            transform_fn = ((raw[TRAIN] | "ReadTrainForAnalysis" >> common.ReadSpilled(spill), config)
+                            | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn))
+            transformed = {}
+            for name in SPLIT_NAMES:
+                batches = raw[name] | f"Read{name.title()}ForTransform" >> common.ReadSpilled(spill)
+                transformed[name], _ = ((batches, config), transform_fn) | f"Transform{name.title()}" >> (
                     tft_beam.TransformDataset(output_record_batches=True))
             written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(self._output)
 
@@ -833,7 +865,7 @@ class TransformAndWrite(beam.PTransform):
                 | f"ToExamples{name.title()}" >> beam.FlatMap(to_examples)
                 | f"Write{name.title()}"
                 >> common.WriteDeterministicShards(
-                    common.join_path(self._output, name, "part"), self._num_shards
+                    common.join_path(self._output, name, "part"), self._num_shards, spill_dir=spill
                 )
             )
         return written
@@ -843,11 +875,13 @@ class TransformAndWrite(beam.PTransform):
 class ReadRatings(beam.PTransform):
     """Files -> ``{"ratings": deduplicated Rating, "rejected": JSON rows}``."""
 
-    def __init__(self, files_by_side: dict[str, list[str]], formats: dict[str, str], rating_range):
+    def __init__(self, files_by_side: dict[str, list[str]], formats: dict[str, str], rating_range,
+                 spill_dir: str | None = None):
         super().__init__()
         self._files_by_side = files_by_side
         self._formats = formats
         self._rating_range = rating_range
+        self._spill_dir = spill_dir
 
     def expand(self, pbegin):
         parsed, rejected = [], []
@@ -868,7 +902,7 @@ class ReadRatings(beam.PTransform):
             | "FlattenSides" >> beam.Flatten()
             # Plain tuples across the shuffle: Beam's fast coder handles them natively.
             | "AsTuples" >> beam.Map(tuple)
-            | "GroupByPairBucket" >> common.GroupIntoBuckets(_pair_bucket, DEDUP_BUCKETS)
+            | "GroupByPairBucket" >> common.GroupIntoBuckets(_pair_bucket, DEDUP_BUCKETS, spill_dir=self._spill_dir)
             | "KeepLatest" >> beam.FlatMapTuple(_drop_duplicates).with_outputs("duplicates", main="ratings")
         )
         all_rejected = (*rejected, deduped.duplicates) | "FlattenRejected" >> beam.Flatten()
@@ -913,6 +947,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument("--num-shards", type=common.shard_count, default="auto",
                         help="files per split: an integer, or auto (default): 8, or one per 64 MiB of input if more")
     parser.add_argument("--max-rejected-fraction", type=float, default=0.01)
+    parser.add_argument("--spill", default="auto", choices=common.SPILL_CHOICES,
+                        help="move the large shuffles through local files so memory stays bounded: "
+                             "auto (default) on the DirectRunner, not on Dataflow (its shuffle spills already)")
     parser.add_argument("--rating-range", default=None,
                         help="inclusive LOW,HIGH[,STEP] of a valid rating (STEP: ratings are its multiples); "
                              "default per format: 1,5,1 for tab/ncf and ML-1M .dat, 0.5,5,0.5 for csv and ML-10M .dat")
@@ -984,6 +1021,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     dry_run = common.is_dataflow_dry_run(options)
+    spill = not dry_run and common.wants_spill(args.spill, options)
     if not dry_run:
         common.prepare_output(args.output, OUTPUT_NAMES)
     temp_location = options.view_as(GoogleCloudOptions).temp_location
@@ -994,36 +1032,39 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = False) -> d
         temp_location = None
     local_temp = None if temp_location else tempfile.mkdtemp(prefix="movielens-tft-")
     temp_dir = common.join_path(temp_location, "tft") if temp_location else local_temp
+    spill_dir = tempfile.mkdtemp(prefix="movielens-spill-") if spill else None
 
-    started = time.time()
-    pipeline = beam.Pipeline(options=options)
-    read = pipeline | "ReadRatings" >> ReadRatings(files_by_side, formats, {p: r for p, (r, _) in rules.items()})
-    given_negatives = None
-    rejected = [read["rejected"]]
-    if args.negatives_input:
-        parsed_negatives = (
-            pipeline
-            | "ReadNegativeLines" >> common.ReadPositionedLines(negative_files)
-            | "ParseNegativeLines" >> beam.ParDo(ParseNegativeLines()).with_outputs("rejected", main="negatives")
-        )
-        given_negatives = parsed_negatives.negatives
-        rejected.append(parsed_negatives.rejected)
-    rows = read["ratings"] | "Split" >> SplitRatings(spec, given_negatives)
-    _ = rows | "TransformAndWrite" >> TransformAndWrite(args.output, temp_dir, args.num_shards)
-    _ = (
-        rejected
-        | "FlattenAllRejected" >> beam.Flatten()
-        | "EncodeRejected" >> beam.Map(common.encode_json_line)
-        | "WriteRejected"
-        >> common.WriteDeterministicShards(common.join_path(args.output, "rejected", "part"), 1, kind="jsonl")
-    )
     try:
+        started = time.time()
+        pipeline = beam.Pipeline(options=options)
+        read = pipeline | "ReadRatings" >> ReadRatings(
+            files_by_side, formats, {p: r for p, (r, _) in rules.items()}, spill_dir)
+        given_negatives = None
+        rejected = [read["rejected"]]
+        if args.negatives_input:
+            parsed_negatives = (
+                pipeline
+                | "ReadNegativeLines" >> common.ReadPositionedLines(negative_files)
+                | "ParseNegativeLines" >> beam.ParDo(ParseNegativeLines()).with_outputs("rejected", main="negatives")
+            )
+            given_negatives = parsed_negatives.negatives
+            rejected.append(parsed_negatives.rejected)
+        rows = read["ratings"] | "Split" >> SplitRatings(spec, given_negatives, spill_dir)
+        _ = rows | "TransformAndWrite" >> TransformAndWrite(args.output, temp_dir, args.num_shards, spill_dir)
+        _ = (
+            rejected
+            | "FlattenAllRejected" >> beam.Flatten()
+            | "EncodeRejected" >> beam.Map(common.encode_json_line)
+            | "WriteRejected"
+            >> common.WriteDeterministicShards(common.join_path(args.output, "rejected", "part"), 1, kind="jsonl")
+        )
         if dry_run:
             return common.build_dataflow_job(pipeline, args.output)
         result = common.run_pipeline(pipeline, args.output)
     finally:
-        if local_temp:
-            shutil.rmtree(local_temp, ignore_errors=True)
+        for path in (local_temp, spill_dir):
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
     counts = common.read_counters(result)
     summary = summarize(args, spec, files_by_side, formats, counts, time.time() - started)
     for source in summary["sources"]:

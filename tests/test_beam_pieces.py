@@ -1,5 +1,6 @@
 """Shared Beam pieces: bucketed grouping and the raw Arrow batches fed to tf.Transform."""
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -8,16 +9,48 @@ from schemas import ratings as F
 from beam_pipelines import movielens as ml
 
 
-def test_group_into_buckets_keeps_every_element_and_every_bucket():
+@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
+def test_group_into_buckets_keeps_every_element_and_every_bucket(spill, tmp_path):
+    spill_dir = str(tmp_path) if spill else None
     with TestPipeline() as pipeline:
         grouped = (
             pipeline
             | beam.Create(list(range(1000)))
-            | common.GroupIntoBuckets(lambda x: x % 7, num_buckets=9, chunk_size=13)
+            | common.GroupIntoBuckets(lambda x: x % 7, num_buckets=9, chunk_size=13, spill_dir=spill_dir)
             | beam.MapTuple(lambda bucket, values: (bucket, sorted(values)))
         )
         expected = [(b, list(range(b, 1000, 7)) if b < 7 else []) for b in range(9)]
         assert_that(grouped, equal_to(expected))
+    # Spilled: the chunks went through files (1000 elements in chunks of at most 13), nothing else did.
+    assert len(list(tmp_path.glob("*.pkl"))) >= (1000 // 13 if spill else 0)
+
+
+def test_spilled_pcollection_is_read_whole_by_each_reader(tmp_path):
+    elements = [("row", i, float(i) / 3) for i in range(500)]
+    with TestPipeline() as pipeline:
+        paths = pipeline | beam.Create(elements) | common.SpillToDisk(str(tmp_path), chunk_size=7)
+        first = paths | "First" >> common.ReadSpilled(str(tmp_path))
+        second = paths | "Second" >> common.ReadSpilled(str(tmp_path))
+        assert_that(first, equal_to(elements), label="FirstReader")
+        assert_that(second, equal_to(elements), label="SecondReader")
+    assert len(list(tmp_path.glob("*.pkl"))) >= 500 // 7
+
+
+@pytest.mark.parametrize(("choice", "runner", "expected"), [
+    ("auto", None, True), ("auto", "DirectRunner", True), ("auto", "DataflowRunner", False),
+    ("off", "DirectRunner", False), ("on", "DirectRunner", True),
+])
+def test_spill_is_on_for_local_runners_only(choice, runner, expected):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    assert common.wants_spill(choice, PipelineOptions([f"--runner={runner}"] if runner else [])) is expected
+
+
+def test_spill_on_with_dataflow_is_refused_before_anything_runs():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    with pytest.raises(common.PipelineInputError, match="--spill on needs the DirectRunner"):
+        common.wants_spill("on", PipelineOptions(["--runner=DataflowRunner"]))
 
 
 def test_raw_rows_to_record_batch_matches_the_tensor_adapter_schema():

@@ -219,11 +219,11 @@ def mixed_fixture(tmp_path_factory) -> Fixture:
     )
 
 
-def _mixed_run(tmp_path_factory, fixture: Fixture, seed: int, name: str) -> tuple[Path, dict[str, Any]]:
+def _mixed_run(tmp_path_factory, fixture: Fixture, seed: int, name: str, *flags: str) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp(name) / "out"
     summary = _run(
         "--input", fixture.input, "--output", str(out), "--split", "random", "--test-fraction", "0.2",
-        "--seed", str(seed), "--num-shards", "3", "--max-rejected-fraction", "0.05",
+        "--seed", str(seed), "--num-shards", "3", "--max-rejected-fraction", "0.05", *flags,
     )
     return out, summary
 
@@ -351,7 +351,8 @@ def test_mixed_transformed_records_parse_with_the_written_spec(mixed):
 
 @pytest.fixture(scope="module")
 def mixed_again(tmp_path_factory, mixed_fixture):
-    return _mixed_run(tmp_path_factory, mixed_fixture, 0, "mixed_again")
+    """The same run with every shuffle in memory (``mixed`` spills them, the DirectRunner's default)."""
+    return _mixed_run(tmp_path_factory, mixed_fixture, 0, "mixed_again", "--spill", "off")
 
 
 @pytest.fixture(scope="module")
@@ -360,6 +361,8 @@ def mixed_seed1(tmp_path_factory, mixed_fixture):
 
 
 def test_same_seed_gives_identical_shards(mixed, mixed_again):
+    """A rerun gives the same bytes, and so does spilling the shuffles to disk (issue 15): the rerun keeps them
+    in memory."""
     first, second = _shard_records(mixed[0]), _shard_records(mixed_again[0])
     assert list(first) == [f"{s}/part-0000{i}-of-00003.tfrecord.gz" for s in ml.SPLIT_NAMES for i in range(3)]
     assert first == second

@@ -112,6 +112,17 @@ def read_dataset(data_dir: str, *, schema: str, model: str, verify_records: bool
     return dataset
 
 
+def count_records(path: str) -> int:
+    """The records of one gzip TFRecord shard, read to its end (a damaged shard raises TensorFlow's error).
+
+    Counted in batches: ``reduce`` runs its function once per element, about
+    90 us each here, which made counting 1M records take 90 s; once per batch
+    of 8192 it takes 2 s.
+    """
+    batches = tf.data.TFRecordDataset(path, compression_type="GZIP").batch(8192)
+    return int(batches.reduce(tf.constant(0, tf.int64), lambda count, batch: count + tf.size(batch, tf.int64)))
+
+
 def _check_shards(dataset: Dataset, split: str, hint: str, verify_records: bool) -> None:
     """The split's files on disk are the listed ones and (optionally) hold the listed examples."""
     if split not in dataset.summary["splits"]:
@@ -132,8 +143,7 @@ def _check_shards(dataset: Dataset, split: str, hint: str, verify_records: bool)
     counted = 0
     for path in listed:
         try:
-            counted += int(tf.data.TFRecordDataset(path, compression_type="GZIP").reduce(
-                tf.constant(0, tf.int64), lambda count, _: count + 1))
+            counted += count_records(path)
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
             # TensorFlow prefixes the reason with the graph function it ran in ("{{function_node ...}}").
             reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(error)).splitlines()[0][:160]

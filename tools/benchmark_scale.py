@@ -5,9 +5,14 @@ header, half stars, ML-25M's ratios of about 154 ratings per user and 423 per
 item), then the stages a user runs, each in its own process (wall time includes
 start-up; peak memory is that process's ru_maxrss):
 
-* ``pipeline``: ``python -m beam_pipelines.movielens --split random`` (DirectRunner);
+* ``pipeline``: ``python -m beam_pipelines.movielens --split random`` (DirectRunner,
+  ``--spill auto``: its large shuffles go through local files); at sizes up to
+  ``--spill-off-up-to`` also with ``--spill off`` (every shuffle in memory, as
+  before spilling), for a before/after from the same run;
 * ``train``: ``python -m trainer.task`` with ``configs/movielens_mf.yaml``, one
-  epoch, no refit (its own timings split load, the epoch, evaluation and export).
+  epoch at ``--batch-size`` (default 8192: the config's 256 is ML-100K's, and at
+  25M it would mean ~80k steps an epoch), no refit (its own timings split load,
+  the epoch, evaluation and export).
 
 A size whose projected peak (a straight line through the sizes measured so far)
 would not fit in the machine's available memory is skipped and said so, rather
@@ -18,6 +23,7 @@ prints numbers, not a timed test.
 Usage::
 
     python tools/benchmark_scale.py --work /tmp/bench-scale [--sizes 1000000,5000000,10000000,25000000]
+        [--spill-off-up-to 5000000] [--batch-size 8192]
 """
 from __future__ import annotations
 
@@ -50,7 +56,7 @@ def projected_peak_mb(measured: list[tuple[int, float]], size: int) -> float | N
     return m1 + (m1 - m0) / (n1 - n0) * (size - n1)
 
 
-def bench_size(size: int, work: Path) -> list[dict]:
+def bench_size(size: int, work: Path, spill_modes: Sequence[str], batch_size: int) -> list[dict]:
     raw = work / "raw" / f"ratings-{size}.csv"
     raw.parent.mkdir(parents=True, exist_ok=True)
     if not raw.exists():
@@ -60,17 +66,22 @@ def bench_size(size: int, work: Path) -> list[dict]:
                             "--format", "csv", "--half-stars", "--seed", "0", "--output", str(raw)])
         print(f"  generated {size} ratings in {generated['wall_seconds']} s", file=sys.stderr)
     data, job = work / "data" / str(size), work / "jobs" / str(size)
-    pipeline = _stage(["beam_pipelines.movielens", "--input", str(raw), "--split", "random", "--output", str(data)])
-    summary = json.loads((data / "dataset.json").read_text())
-    rows = [{"ratings": size, "stage": "pipeline", "wall_seconds": pipeline["wall_seconds"],
-             "rows_per_second": round(size / summary["pipeline_seconds"]), "peak_mb": pipeline["peak_mb"],
-             "num_shards": summary["num_shards"]}]
-    print(f"  {rows[-1]}", file=sys.stderr)
+    rows = []
+    for mode in spill_modes:  # "off" first: the data that training reads is the last run's ("auto")
+        pipeline = _stage(["beam_pipelines.movielens", "--input", str(raw), "--split", "random",
+                           "--spill", mode, "--output", str(data)])
+        summary = json.loads((data / "dataset.json").read_text())
+        rows.append({"ratings": size, "stage": f"pipeline (spill {mode})", "wall_seconds": pipeline["wall_seconds"],
+                     "rows_per_second": round(size / summary["pipeline_seconds"]), "peak_mb": pipeline["peak_mb"],
+                     "num_shards": summary["num_shards"]})
+        print(f"  {rows[-1]}", file=sys.stderr)
     train = _stage(["trainer.task", "--config", str(REPO / "configs" / "movielens_mf.yaml"), "--data", str(data),
-                    "--job-dir", str(job), "--set", "train.epochs=1", "--set", "train.refit=false"])
+                    "--job-dir", str(job), "--set", "train.epochs=1", "--set", "train.refit=false",
+                    "--set", f"train.batch_size={batch_size}"])
     metrics = json.loads((job / "metrics.json").read_text())
     timings = metrics["timings"]
-    rows.append({"ratings": size, "stage": "train: 1 SGD MF epoch + eval + export", "wall_seconds": train["wall_seconds"],
+    rows.append({"ratings": size, "stage": f"train: 1 MF epoch (batch {batch_size}) + eval + export",
+                 "wall_seconds": train["wall_seconds"],
                  "rows_per_second": round(timings["train_examples_per_second"]), "peak_mb": train["peak_mb"],
                  "epoch_seconds": timings["train_seconds"], "eval_seconds": timings.get("eval_seconds"),
                  "test_rmse": round(metrics["test"]["rmse"], 4)})
@@ -105,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/benchmark_scale.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--sizes", default="1000000,5000000,10000000,25000000", help="comma-separated rating counts")
+    parser.add_argument("--spill-off-up-to", type=int, default=5_000_000,
+                        help="also run the pipeline with --spill off at sizes up to this (0: never)")
+    parser.add_argument("--batch-size", type=int, default=8192, help="training batch of the one MF epoch")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -112,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped: list[str] = []
     started = time.time()
     for size in sizes:
-        measured = [(r["ratings"], r["peak_mb"]) for r in rows if r["stage"] == "pipeline"]
+        measured = [(r["ratings"], r["peak_mb"]) for r in rows if r["stage"] == "pipeline (spill auto)"]
         projected, free = projected_peak_mb(measured, size), available_mb()
         if projected is not None and projected > 0.9 * free:
             skipped.append(f"{size}: skipped, projected pipeline peak {projected / 1024:.1f} GiB "
@@ -120,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"benchmark_scale: {skipped[-1]}", file=sys.stderr)
             continue
         print(f"benchmark_scale: {size} ratings", file=sys.stderr)
-        rows += bench_size(size, args.work)
+        modes = ("off", "auto") if size <= args.spill_off_up_to else ("auto",)
+        rows += bench_size(size, args.work, modes, args.batch_size)
         # After every size, so a run stopped part-way keeps what it measured.
         (args.work / "scale.json").write_text(json.dumps({"rows": rows, "skipped": skipped}, indent=2) + "\n")
         plot(rows, args.work / "scale.png")
@@ -131,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         print(f"{row['ratings']:>10} {row['stage']:<40} {row['wall_seconds']:>8.1f} {row['rows_per_second']:>9} "
               f"{row['peak_mb']:>9.0f}")
+    for size in dict.fromkeys(r["ratings"] for r in rows):
+        stages = [r for r in rows if r["ratings"] == size and "spill off" not in r["stage"]]
+        print(f"{size:>10} {'total: pipeline (spill auto) + train':<40} {sum(r['wall_seconds'] for r in stages):>8.1f} "
+              f"{'':>9} {max(r['peak_mb'] for r in stages):>9.0f}")
     for line in skipped:
         print(line)
     print(f"total {time.time() - started:.0f} s; wrote {args.work / 'scale.json'} and {args.work / 'scale.png'}")

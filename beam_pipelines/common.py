@@ -574,18 +574,23 @@ class SpillToDisk(beam.PTransform):
         self._chunk_size = chunk_size
 
     def expand(self, pcoll):
-        spill_dir = self._spill_dir
-        if spill_dir is None:
+        if self._spill_dir is None:
             return pcoll
         return (pcoll
-                | "Chunk" >> beam.ParDo(_ChunkByKey(lambda _: 0, self._chunk_size, spill_dir))
-                # A shuffle of the paths: every file is written before any stage reads one.
-                | "GroupPaths" >> beam.GroupByKey()
-                | "Paths" >> beam.FlatMapTuple(lambda _, paths: sorted(paths)))
+                | "Chunk" >> beam.ParDo(_ChunkByKey(lambda _: 0, self._chunk_size, self._spill_dir))
+                | "Paths" >> beam.MapTuple(lambda _, path: path))
 
 
 class ReadSpilled(beam.PTransform):
-    """The elements of ``SpillToDisk``'s files, read one file at a time (the identity without spilling)."""
+    """The elements of ``SpillToDisk``'s files, read one file at a time (the identity without spilling).
+
+    Each reader shuffles the paths itself: the shuffle makes every file written
+    before any is read, and it starts the reader's own stage, so the loading is
+    fused with what consumes it. With one shuffle shared by two readers, the
+    runner fused both loads into one stage and, since the second reader (the
+    transform) waits for a side input (the analysis), kept its whole output in
+    memory between the stages: at 25M ratings a 4.5 GB spike.
+    """
 
     def __init__(self, spill_dir: str | None):
         super().__init__()
@@ -594,7 +599,11 @@ class ReadSpilled(beam.PTransform):
     def expand(self, pcoll):
         if not self._spilled:
             return pcoll
-        return pcoll | "Load" >> beam.FlatMap(load_chunk)
+        return (pcoll
+                | "KeyPaths" >> beam.Map(lambda path: (0, path))
+                | "GroupPaths" >> beam.GroupByKey()
+                | "Paths" >> beam.FlatMapTuple(lambda _, paths: sorted(paths))
+                | "Load" >> beam.FlatMap(load_chunk))
 
 
 # --------------------------------------------------------------------------- writing

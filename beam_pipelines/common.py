@@ -431,7 +431,7 @@ class _ChunkByKey(beam.DoFn):
     """Buffers elements per key within a bundle and emits ``(key, [elements])`` chunks.
 
     With ``spill_dir``, each chunk is pickled to its own file there and the
-    chunk crosses the shuffle as ``(key, path)`` (see ``SPILL``).
+    chunk crosses the shuffle as ``(key, path)`` (see "Spilling" below).
     """
 
     def __init__(self, key_fn: Callable[[Any], int], chunk_size: int, spill_dir: str | None = None):
@@ -545,11 +545,10 @@ class GroupIntoBuckets(beam.PTransform):
         self._spill_dir = spill_dir
 
     def expand(self, pcoll):
-        spill_dir = self._spill_dir
-        chunks = pcoll | "Chunk" >> beam.ParDo(_ChunkByKey(self._key_fn, self._chunk_size, spill_dir))
-        empty = [] if spill_dir is None else ""
+        spilled = self._spill_dir is not None
+        chunks = pcoll | "Chunk" >> beam.ParDo(_ChunkByKey(self._key_fn, self._chunk_size, self._spill_dir))
+        empty = "" if spilled else []  # an empty chunk: no path, or no elements
         every = pcoll.pipeline | "EveryBucket" >> beam.Create([(i, empty) for i in range(self._num_buckets)])
-        spilled = spill_dir is not None
         return (
             (chunks, every)
             | "FlattenChunks" >> beam.Flatten()

@@ -131,6 +131,64 @@ def test_sampler_with_crowded_and_full_users():
     assert out[ranking.SAMPLED_NEGATIVES_MASK].numpy().tolist() == [[1.0] * 50, [0.0] * 50]
 
 
+def test_recency_counts_later_interactions_and_weights_the_positives():
+    import tensorflow as tf
+
+    from schemas import ratings as F
+    from trainer import ranking
+
+    # User 0 re-rated item 1 (at 5 and at 20): the pair counts from its latest rating.
+    users = np.array([0, 0, 0, 0, 1, 1])
+    items = np.array([0, 1, 2, 1, 3, 4])
+    timestamps = np.array([10, 20, 20, 5, 7, 7])
+    train_items = ranking.TrainItems.from_pairs(users, items, 2, 5, timestamps)
+    assert train_items.later.tolist() == [2, 0, 0, 0, 0]  # pairs (0,0) (0,1) (0,2) (1,3) (1,4); ties share 0
+    assert train_items.recency_weights(2.0, 0.5).tolist() == [0.75, 1.0, 1.0, 1.0, 1.0]
+
+    batch = {F.USER_INDEX: tf.constant([0, 0, 1, 1], tf.int64), F.ITEM_INDEX: tf.constant([0, 2, 3, 5], tf.int64)}
+    weighted = ranking.make_negative_sampler(train_items, 2, seed=0, recency_half_life=2.0, recency_floor=0.5)(batch)
+    assert weighted[ranking.SAMPLE_WEIGHT].numpy().tolist() == [0.75, 1.0, 1.0, 1.0]  # item 5 is the OOV id
+    assert ranking.SAMPLE_WEIGHT not in ranking.make_negative_sampler(train_items, 2, seed=0)(batch)
+    with pytest.raises(ValueError, match="timestamps"):
+        ranking.TrainItems.from_pairs(users, items, 2, 5).recency_weights(2.0, 0.0)
+
+
+@pytest.mark.parametrize("name", RANKING_MODELS)
+def test_losses_weight_each_positive_with_its_negatives(name):
+    import types
+
+    import tensorflow as tf
+
+    from schemas import ratings as F
+    from trainer import ranking
+
+    spec = models.REGISTRY[name]
+    model = spec.module().build_model(spec.config_class(), types.SimpleNamespace(num_users=3, num_items=6), 2)
+    features = {
+        F.USER_INDEX: tf.constant([0, 1], tf.int64), F.ITEM_INDEX: tf.constant([1, 2], tf.int64),
+        ranking.SAMPLED_NEGATIVES: tf.constant([[3, 4, 5, 0], [4, 5, 0, 1]], tf.int64),
+        ranking.SAMPLED_NEGATIVES_MASK: tf.ones([2, 4]),
+    }
+
+    def loss(weights=None):
+        extra = {} if weights is None else {ranking.SAMPLE_WEIGHT: tf.constant(weights)}
+        return float(model.compute_loss({**features, **extra}))
+
+    assert loss([1.0, 1.0]) == pytest.approx(loss())
+    # The loss is a sum over positives (each with its negatives): the two halves add up to the whole.
+    assert loss([1.0, 0.0]) + loss([0.0, 1.0]) == pytest.approx(loss(), rel=1e-5)
+    assert loss([0.5, 0.5]) == pytest.approx(loss() / 2, rel=1e-5)
+
+
+def test_recency_hparams_are_checked():
+    from trainer import hparams
+
+    with pytest.raises(ValueError, match="recency_half_life"):
+        hparams.NeuMF(recency_half_life=-1)
+    with pytest.raises(ValueError, match="recency_floor"):
+        hparams.BPR(recency_floor=1.5)
+
+
 def test_recommend_round_trip_with_raw_ids(fitted, tiny):
     import tensorflow as tf
 

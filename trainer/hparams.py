@@ -101,15 +101,25 @@ class _ImplicitRanking:
       l2_embedding: per-occurrence L2 on the embedding rows a batch touches.
       init_stddev: stddev of the initial embeddings.
       seed: initialisation seed.
+      recency_half_life: 0 (off) or > 0: a positive with ``n`` of the user's train
+        interactions after it weighs ``recency_floor + (1 - recency_floor) * 0.5 **
+        (n / recency_half_life)`` in the loss (``trainer.ranking``).
+      recency_floor: in [0, 1], the weight of a user's oldest interactions.
     """
 
     num_negatives: int = 4
     l2_embedding: float = 0.0
     init_stddev: float = 0.01
     seed: int = 0
+    recency_half_life: float = 0.0
+    recency_floor: float = 0.0
 
     def __post_init__(self):
         _check_negatives(self)
+        if self.recency_half_life < 0:
+            raise ValueError("recency_half_life must be >= 0 (0: every positive weighs 1)")
+        if not 0.0 <= self.recency_floor <= 1.0:
+            raise ValueError("recency_floor must be in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)

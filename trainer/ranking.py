@@ -13,6 +13,12 @@ Owns three things every ranking model (``trainer.tasks.ranking``) shares:
   (0 only for a user who has every item, who has no negative to draw).
 * ``read_eval_candidates``: the fixed candidates the pipeline wrote (the held-out
   positive plus ``negative_item_index``) as dense ``[users, 1 + N]`` arrays.
+* Recency weights (``recency_half_life`` > 0): each positive weighs
+  ``floor + (1 - floor) * 0.5 ** (later / half_life)``, ``later`` the number of the
+  user's training interactions with a strictly later timestamp (ties share it). The
+  sampler adds them as ``SAMPLE_WEIGHT``; the models weight the positive's loss terms
+  (its negatives too) with it. Time-weighted CF (Ding and Li, CIKM 2005): a user's
+  latest interactions say most about the next one.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from schemas import ratings as F
 # Trainer-side features added by the sampler (not pipeline features).
 SAMPLED_NEGATIVES = "sampled_negative_index"
 SAMPLED_NEGATIVES_MASK = "sampled_negative_mask"
+SAMPLE_WEIGHT = "sample_weight"  # [B] recency weight of each positive (only with recency_half_life > 0)
 TRAIN_KEYS = (F.USER_INDEX, F.ITEM_INDEX)
 # Rejection rounds before giving up on a draw; with a user owning a fraction p of
 # the catalogue a draw survives r rounds with probability p^r (p=0.9: 1e-23 at 500).
@@ -41,21 +48,38 @@ class TrainItems:
       num_items: item vocabulary size (the OOV item index equals it).
       keys: sorted unique ``user * (num_items + 1) + item`` of the train pairs.
       item_counts: ``[num_items]`` train interactions per item (popularity).
+      later: ``[len(keys)]`` for each pair, how many of the user's train interactions
+        have a strictly later timestamp (0: the latest); None without timestamps.
     """
 
     num_users: int
     num_items: int
     keys: np.ndarray
     item_counts: np.ndarray
+    later: np.ndarray | None = None
 
     @classmethod
-    def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int) -> "TrainItems":
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int, num_items: int,
+                   timestamps: np.ndarray | None = None) -> "TrainItems":
         users = np.asarray(users, np.int64)
         items = np.asarray(items, np.int64)
         keep = (users < num_users) & (items < num_items)
-        keys = np.unique(users[keep] * (num_items + 1) + items[keep])
+        pair_keys = users[keep] * (num_items + 1) + items[keep]
+        keys, inverse = np.unique(pair_keys, return_inverse=True)
         counts = np.bincount(items[keep], minlength=num_items)[:num_items]
-        return cls(num_users, num_items, keys, counts.astype(np.int64))
+        later = None
+        if timestamps is not None:
+            # A re-rated pair counts from its latest occurrence.
+            row_later = _later_counts(users[keep], np.asarray(timestamps, np.int64)[keep])
+            later = np.full(keys.size, np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(later, inverse.reshape(-1), row_later)
+        return cls(num_users, num_items, keys, counts.astype(np.int64), later)
+
+    def recency_weights(self, half_life: float, floor: float) -> np.ndarray:
+        """``[len(keys)]`` float32 weights ``floor + (1 - floor) * 0.5 ** (later / half_life)``."""
+        if self.later is None:
+            raise ValueError("recency weights need the train timestamps (load_train_items(..., timestamps=True))")
+        return (floor + (1.0 - floor) * np.power(0.5, self.later / half_life)).astype(np.float32)
 
     def user_items(self, user: int) -> np.ndarray:
         """The sorted train items of one user (for tests and tools)."""
@@ -68,20 +92,36 @@ class TrainItems:
         return np.argsort(-self.item_counts, kind="stable")
 
 
-def load_train_items(info, splits: tuple[str, ...] = ("train",)) -> TrainItems:
-    """One pass over the splits a model trains on (user and item indices only).
+def _later_counts(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """For each row, how many rows of the same user have a strictly later timestamp."""
+    if users.size == 0:
+        return np.zeros(0, np.int64)
+    time_rank = np.unique(timestamps, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    stride = int(time_rank.max()) + 2
+    order_keys = np.sort(users * stride + time_rank)
+    row_keys = users * stride + time_rank
+    user_ends = np.searchsorted(order_keys, (users + 1) * stride, side="left")
+    return user_ends - np.searchsorted(order_keys, row_keys, side="right")
+
+
+def load_train_items(info, splits: tuple[str, ...] = ("train",), timestamps: bool = False) -> TrainItems:
+    """One pass over the splits a model trains on (user and item indices, and timestamps if asked).
 
     ``("train", "valid")`` for a refit: the valid positives then are the user's
-    items too (never sampled as negatives, never recommended, masked in full ranking).
+    items too (never sampled as negatives, never recommended, masked in full ranking),
+    and the latest ones for the recency weights.
     """
     from trainer import data
 
-    users, items = [], []
+    keys = TRAIN_KEYS + ((F.TIMESTAMP,) if timestamps else ())
+    columns = {key: [] for key in keys}
     for split in splits:
-        for batch in data.local_dataset(info, split, 65536, keys=TRAIN_KEYS):
-            users.append(batch[F.USER_INDEX].numpy())
-            items.append(batch[F.ITEM_INDEX].numpy())
-    return TrainItems.from_pairs(np.concatenate(users), np.concatenate(items), info.num_users, info.num_items)
+        for batch in data.local_dataset(info, split, 65536, keys=keys):
+            for key in keys:
+                columns[key].append(batch[key].numpy())
+    users, items = (np.concatenate(columns[key]) for key in TRAIN_KEYS)
+    return TrainItems.from_pairs(users, items, info.num_users, info.num_items,
+                                 np.concatenate(columns[F.TIMESTAMP]) if timestamps else None)
 
 
 def contains(sorted_keys: tf.Tensor, users: tf.Tensor, items: tf.Tensor, num_items: int) -> tf.Tensor:
@@ -106,7 +146,8 @@ def contains(sorted_keys: tf.Tensor, users: tf.Tensor, items: tf.Tensor, num_ite
     return tf.reshape(tf.equal(found, flat), tf.shape(query))
 
 
-def make_negative_sampler(train_items: TrainItems, num_negatives: int, seed: int):
+def make_negative_sampler(train_items: TrainItems, num_negatives: int, seed: int,
+                          recency_half_life: float = 0.0, recency_floor: float = 0.0):
     """A ``tf.data`` map: ``{user_index, item_index}`` batch -> plus fresh negatives.
 
     Draws are stateful seeded random ops, so each epoch (each pass of the
@@ -116,13 +157,24 @@ def make_negative_sampler(train_items: TrainItems, num_negatives: int, seed: int
       train_items: the train pairs (negatives are never one of the user's items).
       num_negatives: K negatives per positive.
       seed: generator seed.
+      recency_half_life: > 0 adds ``SAMPLE_WEIGHT`` (module docstring); needs
+        ``train_items.later``.
+      recency_floor: the weight an interaction tends to far from the user's latest.
 
     Returns:
       A function for ``Dataset.map`` adding ``SAMPLED_NEGATIVES`` ``[B, K]`` int64
-      and ``SAMPLED_NEGATIVES_MASK`` ``[B, K]`` float32.
+      and ``SAMPLED_NEGATIVES_MASK`` ``[B, K]`` float32 (and ``SAMPLE_WEIGHT``).
     """
     num_items = train_items.num_items
     keys = tf.constant(train_items.keys, tf.int64)
+    weights = (tf.constant(train_items.recency_weights(recency_half_life, recency_floor))
+               if recency_half_life > 0 else None)
+
+    def recency(users, items):
+        query = users * (num_items + 1) + tf.cast(items, tf.int64)
+        position = tf.minimum(tf.searchsorted(keys, query, out_type=tf.int64), tf.size(keys, out_type=tf.int64) - 1)
+        # A positive missing from the table (an OOV id) keeps weight 1.
+        return tf.where(tf.gather(keys, position) == query, tf.gather(weights, position), 1.0)
 
     def draw(shape):
         return tf.random.uniform(shape, minval=0, maxval=num_items, dtype=tf.int64, seed=seed)
@@ -145,7 +197,8 @@ def make_negative_sampler(train_items: TrainItems, num_negatives: int, seed: int
         # A user who owns every item (or an improbable MAX_REDRAWS run) keeps a
         # clashing draw: mask it out of the loss instead of training on a positive.
         mask = 1.0 - tf.cast(clash, tf.float32)
-        return {**features, SAMPLED_NEGATIVES: negatives, SAMPLED_NEGATIVES_MASK: mask}
+        extra = {SAMPLE_WEIGHT: recency(users, features[F.ITEM_INDEX])} if weights is not None else {}
+        return {**features, SAMPLED_NEGATIVES: negatives, SAMPLED_NEGATIVES_MASK: mask, **extra}
 
     return add_negatives
 

@@ -48,7 +48,8 @@ class BPR(ranking_base.RankingModel):
         q_neg = self.item_embedding(negatives)  # [B, K, d]
         positive_scores = tf.reduce_sum(p * q_pos, -1) + self._bias(positives)
         negative_scores = tf.einsum("bd,bkd->bk", p, q_neg) + self._bias(negatives)
-        pair_losses = -tf.math.log_sigmoid(positive_scores[:, None] - negative_scores) * mask
+        rows = self._row_weights(features, positives)
+        pair_losses = -tf.math.log_sigmoid(positive_scores[:, None] - negative_scores) * mask * rows[:, None]
         loss = tf.reduce_sum(pair_losses)
         if self.config.l2_embedding:
             # Each pair touches p_u, q_i and q_j once.

@@ -78,6 +78,13 @@ class RankingModel(tfrs.models.Model):
         mask = tf.cast(features[ranking.SAMPLED_NEGATIVES_MASK], tf.float32)
         return users, positives, negatives, mask
 
+    @staticmethod
+    def _row_weights(features, positives):
+        """``[B]`` each positive's recency weight (1 without ``SAMPLE_WEIGHT``)."""
+        if ranking.SAMPLE_WEIGHT in features:
+            return tf.cast(features[ranking.SAMPLE_WEIGHT], tf.float32)
+        return tf.ones_like(positives, tf.float32)
+
 
 class PointwiseRankingModel(RankingModel):
     """NCF training: binary cross-entropy on the positive (1) and its negatives (0)."""
@@ -99,7 +106,8 @@ class PointwiseRankingModel(RankingModel):
         all_users = tf.concat([users, tf.reshape(tf.repeat(users[:, None], k, axis=1), [-1])], 0)
         all_items = tf.concat([positives, tf.reshape(negatives, [-1])], 0)
         labels = tf.concat([tf.ones_like(positives, tf.float32), tf.zeros_like(tf.reshape(mask, [-1]))], 0)
-        weights = tf.concat([tf.ones_like(positives, tf.float32), tf.reshape(mask, [-1])], 0)
+        rows = self._row_weights(features, positives)
+        weights = tf.concat([rows, tf.reshape(mask * rows[:, None], [-1])], 0)
         logits = self.score(all_users, all_items)
         # [N, 1]: Keras' BCE averages over the last axis before the SUM reduction.
         loss = self.task(labels=labels[:, None], predictions=logits[:, None], sample_weight=weights[:, None], training=training)

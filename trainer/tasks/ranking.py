@@ -46,7 +46,7 @@ class RankingTask(Task):
         self.dataset = data.Dataset(self.info.data_dir, self.info.summary)
         # The items each user has in what the model trains on: train, or train + valid after a refit
         # (sampling, full-ranking masks and recommend all exclude them).
-        self.train_items = ranking.load_train_items(self.info)
+        self.train_items = ranking.load_train_items(self.info, timestamps=self._recency)
         self._candidates: dict[str, ranking.EvalCandidates] = {}
 
     @property
@@ -55,13 +55,19 @@ class RankingTask(Task):
 
     def train_provider(self, per_replica_batch: int, splits: tuple[str, ...] = ("train",)) -> data.ShardedBatches:
         if tuple(splits) != ("train",):
-            self.train_items = ranking.load_train_items(self.info, tuple(splits))
+            self.train_items = ranking.load_train_items(self.info, tuple(splits), timestamps=self._recency)
         # Batches hold positives only; the sampler adds fresh negatives to each.
         return data.ShardedBatches(
             self.info, splits, per_replica_batch, seed=self.train.seed, shuffle_buffer=self.train.shuffle_buffer,
             keys=ranking.TRAIN_KEYS,
-            batch_map=ranking.make_negative_sampler(self.train_items, self.hparams.num_negatives, self.train.seed),
+            batch_map=ranking.make_negative_sampler(
+                self.train_items, self.hparams.num_negatives, self.train.seed,
+                recency_half_life=self.hparams.recency_half_life, recency_floor=self.hparams.recency_floor),
         )
+
+    @property
+    def _recency(self) -> bool:
+        return self.hparams.recency_half_life > 0
 
     def build_model(self, global_batch_size: int):
         return self._module.build_model(self.hparams, self.info, global_batch_size)

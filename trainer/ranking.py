@@ -98,8 +98,8 @@ def _later_counts(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     time_rank = np.unique(timestamps, return_inverse=True)[1].reshape(-1).astype(np.int64)
     stride = int(time_rank.max()) + 2
-    order_keys = np.sort(users * stride + time_rank)
     row_keys = users * stride + time_rank
+    order_keys = np.sort(row_keys)
     user_ends = np.searchsorted(order_keys, (users + 1) * stride, side="left")
     return user_ends - np.searchsorted(order_keys, row_keys, side="right")
 

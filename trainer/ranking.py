@@ -135,15 +135,23 @@ def contains(sorted_keys: tf.Tensor, users: tf.Tensor, items: tf.Tensor, num_ite
     Returns:
       A bool tensor of the broadcast shape.
     """
-    users = tf.cast(users, tf.int64)
-    items = tf.cast(items, tf.int64)
-    query = users * (num_items + 1) + items
-    flat = tf.reshape(query, [-1])
+    return _locate(sorted_keys, users, items, num_items)[1]
+
+
+def _locate(sorted_keys: tf.Tensor, users: tf.Tensor, items: tf.Tensor, num_items: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(position, found)`` of each (user, item) key in ``sorted_keys``, both of the broadcast shape.
+
+    ``position`` (int64) indexes ``sorted_keys`` and arrays aligned with it (``TrainItems.later``)
+    and is only meaningful where ``found``; with no keys at all, nothing is found.
+    """
+    query = tf.cast(users, tf.int64) * (num_items + 1) + tf.cast(items, tf.int64)
     if sorted_keys.shape[0] == 0:
-        return tf.zeros_like(query, dtype=tf.bool)
-    position = tf.searchsorted(sorted_keys, flat, side="left")
-    found = tf.gather(sorted_keys, tf.minimum(position, tf.size(sorted_keys, out_type=position.dtype) - 1))
-    return tf.reshape(tf.equal(found, flat), tf.shape(query))
+        return tf.zeros_like(query), tf.zeros_like(query, dtype=tf.bool)
+    flat = tf.reshape(query, [-1])
+    position = tf.minimum(tf.searchsorted(sorted_keys, flat, side="left", out_type=tf.int64),
+                          tf.size(sorted_keys, out_type=tf.int64) - 1)
+    found = tf.equal(tf.gather(sorted_keys, position), flat)
+    return tf.reshape(position, tf.shape(query)), tf.reshape(found, tf.shape(query))
 
 
 def make_negative_sampler(train_items: TrainItems, num_negatives: int, seed: int,
@@ -171,10 +179,9 @@ def make_negative_sampler(train_items: TrainItems, num_negatives: int, seed: int
                if recency_half_life > 0 else None)
 
     def recency(users, items):
-        query = users * (num_items + 1) + tf.cast(items, tf.int64)
-        position = tf.minimum(tf.searchsorted(keys, query, out_type=tf.int64), tf.size(keys, out_type=tf.int64) - 1)
+        position, found = _locate(keys, users, items, num_items)
         # A positive missing from the table (an OOV id) keeps weight 1.
-        return tf.where(tf.gather(keys, position) == query, tf.gather(weights, position), 1.0)
+        return tf.where(found, tf.gather(weights, position), 1.0)
 
     def draw(shape):
         return tf.random.uniform(shape, minval=0, maxval=num_items, dtype=tf.int64, seed=seed)

@@ -4,8 +4,9 @@ Inputs: each ``train/`` row is a positive; ``hparams.num_negatives`` negatives
 per positive are drawn afresh every batch inside tf.data
 (``trainer.ranking.make_negative_sampler``: never an item the user has in
 training), with each positive's recency weight when ``hparams.recency_half_life``
-is set (the user's train timestamps are then read too). The models own their losses (TFRS Ranking task with binary
-cross-entropy for NCF, the pairwise log-sigmoid loss for BPR).
+is set (the user's train timestamps are then read too). The models own their
+losses (TFRS Ranking task with binary cross-entropy for NCF, the pairwise
+log-sigmoid loss for BPR).
 
 Evaluation (``valid`` and ``test`` alike): each held-out positive against the
 pipeline's fixed ``negative_item_index`` candidates (HR@K = hit@K, NDCG@K for K

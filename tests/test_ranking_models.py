@@ -187,6 +187,8 @@ def test_recency_hparams_are_checked():
         hparams.NeuMF(recency_half_life=-1)
     with pytest.raises(ValueError, match="recency_floor"):
         hparams.BPR(recency_floor=1.5)
+    with pytest.raises(ValueError, match="history_length"):
+        hparams.NeuMF(history_length=-1)
 
 
 def test_recommend_round_trip_with_raw_ids(fitted, tiny):
@@ -284,3 +286,73 @@ def test_refit_adds_the_valid_positives_to_what_each_user_has(tiny, tmp_path):
     out = recommend(user_id=tf.constant(users), k=tf.constant(9)).get("item_id").numpy().astype(str)
     for user, recommended in zip(users, out):  # neither a train item nor the valid positive is recommended
         assert not (tiny["train"][user] | {tiny["valid"][user]}) & set(recommended)
+
+
+def test_history_keeps_each_users_latest_items_with_halving_weights():
+    from trainer import ranking
+
+    # User 0: items 0 (t 10), 1 (t 20), 2 (t 20), 3 (t 30); user 1: item 4. Two users, 5 items.
+    users, items = np.array([0, 0, 0, 0, 1]), np.array([0, 1, 2, 3, 4])
+    train_items = ranking.TrainItems.from_pairs(users, items, 2, 5, np.array([10, 20, 20, 30, 7]))
+    history, weights = train_items.history(3, 1.0)
+    # Latest first, ties by item; the oldest (item 0) falls outside length 3; padding is the OOV item 5.
+    assert history.tolist() == [[3, 1, 2], [4, 5, 5], [5, 5, 5]]
+    assert weights.tolist() == [[1.0, 0.5, 0.5], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    assert train_items.history(2, 0.0)[1].tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match="timestamps"):
+        ranking.TrainItems.from_pairs(users, items, 2, 5).history(3, 1.0)
+
+
+def test_user_history_pools_the_history_without_the_scored_item():
+    import tensorflow as tf
+
+    from trainer.models import ranking_base
+
+    pool = ranking_base.UserHistory(num_users=2, num_items=5, dim=3, stddev=1.0, seed=0)
+    history = np.array([[3, 1, 2], [4, 5, 5], [5, 5, 5]])
+    weights = np.array([[1.0, 0.5, 0.25], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], np.float32)
+    pool.set_history(history, weights)
+    users, items = tf.constant([0, 0, 0, 1, 1, 2, 0]), tf.constant([0, 3, 2, 4, 0, 1, 5])
+    pooled = pool(users, items).numpy()
+    table = pool.item_embedding.table().numpy()
+
+    def mean(rows, w):
+        return (np.asarray(w)[:, None] * table[rows]).sum(0) / sum(w)
+
+    np.testing.assert_allclose(pooled[0], mean([3, 1, 2], [1.0, 0.5, 0.25]), rtol=1e-5)  # 0 is not in the history
+    np.testing.assert_allclose(pooled[1], mean([1, 2], [0.5, 0.25]), rtol=1e-5)  # the scored item is left out
+    np.testing.assert_allclose(pooled[2], mean([3, 1], [1.0, 0.5]), rtol=1e-5)
+    np.testing.assert_allclose(pooled[3], 0.0)  # user 1's history is only the scored item
+    np.testing.assert_allclose(pooled[4], table[4], rtol=1e-5)
+    np.testing.assert_allclose(pooled[5], 0.0)  # the OOV user has no history
+    np.testing.assert_allclose(pooled[6], mean([3, 1, 2], [1.0, 0.5, 0.25]), rtol=1e-5)  # the OOV item
+
+
+def test_neumf_pools_the_history_of_what_it_trains_on(tiny):
+    import tensorflow as tf
+
+    from schemas import ratings as F
+    from trainer import config as config_lib
+    from trainer import tasks
+
+    config = config_lib.resolve(str(REPO / "configs" / "movielens_neumf.yaml"),
+                                [*TINY, "hparams.history_length=20", "hparams.history_half_life=2"])
+    spec = models.REGISTRY["neumf"]
+    task = tasks.task_class(spec.task)(spec=spec, hparams=config_lib.model_config(config),
+                                        train=config_lib.train_config(config), data_dir=str(tiny["data"]))
+    output = task.info.transform_output()
+    items = np.array([v.decode() for v in output.vocabulary_by_name(F.ITEM_VOCAB)])
+    users = np.array([v.decode() for v in output.vocabulary_by_name(F.USER_VOCAB)])
+
+    def histories(model):
+        raw = model.user_history.items.numpy()[:-1]
+        return [set(items[row[row < len(items)]]) for row in raw]
+
+    model = task.build_model(2)
+    assert histories(model) == [tiny["train"][u] for u in users]  # 8 train items < length 20
+    task.train_provider(4, ("train", "valid"))  # a refit trains on train + valid: the history has valid too
+    refit = task.build_model(2)
+    assert histories(refit) == [tiny["train"][u] | {tiny["valid"][u]} for u in users]
+    batch = {"user_index": tf.constant([0, 1], tf.int64), "item_index": tf.constant([0, 1], tf.int64)}
+    assert not np.allclose(model(batch).numpy(), task._module.build_model(
+        config_lib.model_config(config), task.info, 2)(batch).numpy())  # the pool moves the scores

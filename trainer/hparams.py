@@ -159,6 +159,10 @@ class NeuMF(_ImplicitRanking):
       pretrained_gmf_dir: a finished GMF job dir (its checkpoints/ and config.resolved.yaml).
       pretrained_mlp_dir: a finished MLP job dir.
       alpha: weight of the GMF branch in the pre-trained logit layer (paper eq. 13).
+      history_length: 0 (off) or the number of each user's latest train items pooled
+        into both user vectors (``ranking_base.UserHistory``).
+      history_half_life: 0 (every pooled item weighs 1) or > 0: an item with ``n`` of
+        the user's train interactions after it weighs ``0.5 ** (n / history_half_life)``.
     """
 
     embedding_dim: int = 16
@@ -166,9 +170,13 @@ class NeuMF(_ImplicitRanking):
     pretrained_gmf_dir: str = ""
     pretrained_mlp_dir: str = ""
     alpha: float = 0.5
+    history_length: int = 0
+    history_half_life: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
+        if self.history_length < 0 or self.history_half_life < 0:
+            raise ValueError("history_length and history_half_life must be >= 0 (0: off, and equal weights)")
         if bool(self.pretrained_gmf_dir) != bool(self.pretrained_mlp_dir):
             raise ValueError("set both pretrained_gmf_dir and pretrained_mlp_dir, or neither")
 

@@ -19,6 +19,9 @@ Owns three things every ranking model (``trainer.tasks.ranking``) shares:
   sampler adds them as ``SAMPLE_WEIGHT``; the models weight the positive's loss terms
   (its negatives too) with it. Time-weighted CF (Ding and Li, CIKM 2005): a user's
   latest interactions say most about the next one.
+* ``TrainItems.history``: each user's latest train items with weights halving
+  every ``half_life`` later interactions, for NeuMF's pooled user vector
+  (``trainer.models.ranking_base.UserHistory``).
 """
 from __future__ import annotations
 
@@ -80,6 +83,31 @@ class TrainItems:
         if self.later is None:
             raise ValueError("recency weights need the train timestamps (load_train_items(..., timestamps=True))")
         return (floor + (1.0 - floor) * np.power(0.5, self.later / half_life)).astype(np.float32)
+
+    def history(self, length: int, half_life: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's ``length`` latest train items and their pooling weights (``UserHistory``).
+
+        Returns:
+          ``items`` ``[num_users + 1, length]`` int64, latest first (ties: lower item
+          first), padded with the OOV item ``num_items``; ``weights`` float32 of the same
+          shape, ``0.5 ** (later / half_life)`` (1 with ``half_life`` 0), 0 on padding.
+          The last row is the OOV user's, empty.
+        """
+        if self.later is None:
+            raise ValueError("a user history needs the train timestamps (load_train_items(..., timestamps=True))")
+        stride = self.num_items + 1
+        users, items = self.keys // stride, self.keys % stride
+        order = np.lexsort((items, self.later, users))  # by user, latest first, then item
+        users, items, later = users[order], items[order], self.later[order]
+        starts = np.searchsorted(users, np.arange(self.num_users + 1))
+        rank = np.arange(users.size) - starts[users]
+        keep = rank < length
+        history_items = np.full((self.num_users + 1, length), self.num_items, np.int64)
+        history_weights = np.zeros((self.num_users + 1, length), np.float32)
+        history_items[users[keep], rank[keep]] = items[keep]
+        history_weights[users[keep], rank[keep]] = (
+            np.power(0.5, later[keep] / half_life) if half_life > 0 else 1.0)
+        return history_items, history_weights
 
     def user_items(self, user: int) -> np.ndarray:
         """The sorted train items of one user (for tests and tools)."""

@@ -25,8 +25,10 @@ class GMFTower(tf.keras.layers.Layer):
         self.user_embedding = ranking_base.MaskedEmbedding(num_users, dim, stddev, seed, name="user_embedding")
         self.item_embedding = ranking_base.MaskedEmbedding(num_items, dim, stddev, seed + 1, name="item_embedding")
 
-    def call(self, users, items):
-        return self.user_embedding(users) * self.item_embedding(items)
+    def call(self, users, items, user_offset=None):
+        """``user_offset``: added to the user embedding (NeuMF's pooled history)."""
+        user = self.user_embedding(users)
+        return (user if user_offset is None else user + user_offset) * self.item_embedding(items)
 
     def penalty(self, users, items):
         return tf.reduce_sum(tf.square(self.user_embedding(users))) + tf.reduce_sum(tf.square(self.item_embedding(items)))

@@ -30,8 +30,10 @@ class MLPTower(tf.keras.layers.Layer):
             for n, width in enumerate(layers[1:])
         ]
 
-    def call(self, users, items):
-        vector = tf.concat([self.user_embedding(users), self.item_embedding(items)], -1)
+    def call(self, users, items, user_offset=None):
+        """``user_offset``: added to the user embedding (NeuMF's pooled history)."""
+        user = self.user_embedding(users)
+        vector = tf.concat([user if user_offset is None else user + user_offset, self.item_embedding(items)], -1)
         for layer in self.hidden:
             vector = layer(vector)
         return vector

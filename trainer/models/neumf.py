@@ -5,6 +5,11 @@ concatenated into one logit layer. With ``pretrained_gmf_dir`` and
 ``pretrained_mlp_dir`` (finished GMF and MLP jobs, e.g. from
 ``python -m workflows.ncf_pretrain``) both branches start from those models and the
 logit layer from ``[alpha * h_gmf, (1 - alpha) * h_mlp]`` (paper eq. 13, alpha 0.5).
+
+With ``history_length`` > 0 each branch's user vector also adds a pool of the
+user's latest train items (``ranking_base.UserHistory``, FISM-style, weights
+halving every ``history_half_life`` later interactions): the next item a user
+picks is most like the last few, which a per-user embedding learns only slowly.
 """
 from __future__ import annotations
 
@@ -28,12 +33,26 @@ class NeuMF(ranking_base.PointwiseRankingModel):
         self.gmf = gmf.GMFTower(num_users, num_items, config.embedding_dim, config.init_stddev, config.seed, name="gmf")
         self.mlp = mlp.MLPTower(num_users, num_items, config.layers, config.init_stddev, config.seed, name="mlp")
         self.prediction = tf.keras.layers.Dense(1, kernel_initializer="lecun_uniform", name="prediction")
+        # One pool for both branches: its first embedding_dim columns join the GMF user
+        # vector, the rest (layers[0] / 2) the MLP one.
+        self.user_history = (ranking_base.UserHistory(num_users, num_items, config.embedding_dim + config.layers[0] // 2,
+                                                 config.init_stddev, config.seed + 20, name="history")
+                        if config.history_length else None)
+
+    def set_user_history(self, items, weights) -> None:
+        """The users' latest train items and weights (``TrainItems.history``), before the first call."""
+        self.user_history.set_history(items, weights)
 
     def score(self, users, items):
-        return tf.squeeze(self.prediction(tf.concat([self.gmf(users, items), self.mlp(users, items)], -1)), -1)
+        gmf_offset = mlp_offset = None
+        if self.user_history is not None:
+            gmf_offset, mlp_offset = tf.split(self.user_history(users, items), [self.config.embedding_dim, -1], -1)
+        return tf.squeeze(self.prediction(tf.concat(
+            [self.gmf(users, items, gmf_offset), self.mlp(users, items, mlp_offset)], -1)), -1)
 
     def embedding_penalty(self, users, items):
-        return self.gmf.penalty(users, items) + self.mlp.penalty(users, items)
+        penalty = self.gmf.penalty(users, items) + self.mlp.penalty(users, items)
+        return penalty if self.user_history is None else penalty + self.user_history.penalty(items)
 
 
 def _load_pretrained(job_dir: str, expected_model: str, info):

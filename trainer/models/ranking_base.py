@@ -16,6 +16,7 @@ embeddings masked to zero, as in MF: an unknown user or item gets a defined scor
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -44,6 +45,53 @@ class MaskedEmbedding(tf.keras.layers.Layer):
     def table(self):
         """The ``[vocab_size, dim]`` rows of known ids."""
         return self.embedding.embeddings[: self.vocab_size]
+
+
+class UserHistory(tf.keras.layers.Layer):
+    """A user vector pooled from the user's latest train items (FISM, Kabbur et al., KDD 2013).
+
+    ``pool(u, i) = sum_j w_uj h_j / sum_j w_uj`` over the user's history ``j != i``
+    (``TrainItems.history``: the latest items, weights halving every ``half_life``
+    later interactions), ``h`` an item table of its own. Leaving the scored item out
+    makes a train positive look like a held-out one, which is never in the history.
+    Pooled sums are computed once per distinct user of a batch, and the scored item's
+    own weight is one ``searchsorted`` (``ranking._locate``), so scoring N pairs costs
+    O(N) memory, not O(N x length).
+    Until ``set_history`` every user's history is empty (the pool reads as zeros).
+    """
+
+    def __init__(self, num_users: int, num_items: int, dim: int, stddev: float, seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.num_items = num_items
+        self.item_embedding = MaskedEmbedding(num_items, dim, stddev, seed, name="item_embedding")
+        self.set_history(np.full((num_users + 1, 0), num_items, np.int64), np.zeros((num_users + 1, 0), np.float32))
+
+    def set_history(self, items: np.ndarray, weights: np.ndarray) -> None:
+        """``[num_users + 1, length]`` items (OOV-padded) and weights (0 on padding)."""
+        self.items = tf.constant(items, tf.int64)
+        self.weights_ = tf.constant(weights, tf.float32)
+        users, slots = np.nonzero(weights > 0)
+        keys = users * (self.num_items + 1) + items[users, slots]
+        order = np.argsort(keys)
+        self.keys = tf.constant(keys[order], tf.int64)
+        self.key_weights = tf.constant(weights[users, slots][order], tf.float32)
+
+    def call(self, users, items):
+        users = tf.cast(users, tf.int64)
+        items = tf.cast(items, tf.int64)
+        distinct, which = tf.unique(users)
+        weights = tf.gather(self.weights_, distinct)
+        sums = tf.einsum("ul,uld->ud", weights, self.item_embedding(tf.gather(self.items, distinct)))
+        sums, totals = tf.gather(sums, which), tf.gather(tf.reduce_sum(weights, -1), which)
+        position, found = ranking._locate(self.keys, users, items, self.num_items)
+        own = tf.where(found, tf.gather(self.key_weights, position), 0.0) if self.keys.shape[0] else tf.zeros_like(totals)
+        rest = totals - own
+        pooled = sums - own[:, None] * self.item_embedding(items)
+        # Rounding can leave a tiny positive `rest` for a history of only the scored item.
+        return tf.where((rest > 1e-6)[:, None], pooled / tf.maximum(rest, 1e-6)[:, None], 0.0)
+
+    def penalty(self, items):
+        return tf.reduce_sum(tf.square(self.item_embedding(items)))
 
 
 class RankingModel(tfrs.models.Model):

@@ -48,7 +48,7 @@ class RankingTask(Task):
         self.dataset = data.Dataset(self.info.data_dir, self.info.summary)
         # The items each user has in what the model trains on: train, or train + valid after a refit
         # (sampling, full-ranking masks and recommend all exclude them).
-        self.train_items = ranking.load_train_items(self.info, timestamps=self._recency)
+        self.train_items = ranking.load_train_items(self.info, timestamps=self._timestamps)
         self._candidates: dict[str, ranking.EvalCandidates] = {}
 
     @property
@@ -57,7 +57,7 @@ class RankingTask(Task):
 
     def train_provider(self, per_replica_batch: int, splits: tuple[str, ...] = ("train",)) -> data.ShardedBatches:
         if tuple(splits) != ("train",):
-            self.train_items = ranking.load_train_items(self.info, tuple(splits), timestamps=self._recency)
+            self.train_items = ranking.load_train_items(self.info, tuple(splits), timestamps=self._timestamps)
         # Batches hold positives only; the sampler adds fresh negatives to each.
         return data.ShardedBatches(
             self.info, splits, per_replica_batch, seed=self.train.seed, shuffle_buffer=self.train.shuffle_buffer,
@@ -68,11 +68,19 @@ class RankingTask(Task):
         )
 
     @property
-    def _recency(self) -> bool:
-        return self.hparams.recency_half_life > 0
+    def _history_length(self) -> int:
+        return getattr(self.hparams, "history_length", 0)
+
+    @property
+    def _timestamps(self) -> bool:
+        return self.hparams.recency_half_life > 0 or self._history_length > 0
 
     def build_model(self, global_batch_size: int):
-        return self._module.build_model(self.hparams, self.info, global_batch_size)
+        model = self._module.build_model(self.hparams, self.info, global_batch_size)
+        if self._history_length:
+            # What the model trains on (train, or train + valid in a refit: train_provider ran first).
+            model.set_user_history(*self.train_items.history(self._history_length, self.hparams.history_half_life))
+        return model
 
     def warm_up(self, model) -> None:
         model(next(iter(data.local_dataset(self.info, "train", 2, keys=ranking.TRAIN_KEYS))))

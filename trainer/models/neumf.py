@@ -35,9 +35,11 @@ class NeuMF(ranking_base.PointwiseRankingModel):
         self.prediction = tf.keras.layers.Dense(1, kernel_initializer="lecun_uniform", name="prediction")
         # One pool for both branches: its first embedding_dim columns join the GMF user
         # vector, the rest (layers[0] / 2) the MLP one.
-        self.user_history = (ranking_base.UserHistory(num_users, num_items, config.embedding_dim + config.layers[0] // 2,
-                                                 config.init_stddev, config.seed + 20, name="history")
-                        if config.history_length else None)
+        self.user_history = None
+        if config.history_length:
+            self.user_history = ranking_base.UserHistory(
+                num_users, num_items, config.embedding_dim + config.layers[0] // 2, config.init_stddev,
+                config.seed + 20, name="history")
 
     def set_user_history(self, items, weights) -> None:
         """The users' latest train items and weights (``TrainItems.history``), before the first call."""

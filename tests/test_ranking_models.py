@@ -244,6 +244,11 @@ def test_neumf_starts_from_pretrained_gmf_and_mlp(fitted, tiny):
     # alpha 0.5: the NeuMF logit starts as the mean of the two pre-trained logits.
     expected = 0.5 * gmf.score(users, items) + 0.5 * mlp.score(users, items)
     np.testing.assert_allclose(model.score(users, items).numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    # With a pooled history the branches start pre-trained too; the pool is empty until the task sets it.
+    pooled = neumf.build_model(config_lib.model_config({**base, "hparams": {**base["hparams"], "history_length": 5}}), info, 32)
+    np.testing.assert_allclose(pooled.score(users, items).numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    pooled.set_user_history(np.full((info.num_users + 1, 1), 1, np.int64), np.ones((info.num_users + 1, 1), np.float32))
+    assert not np.allclose(pooled.score(users, items).numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(config_lib.ConfigError, match="is a mlp job"):
         neumf._load_pretrained(str(tiny["root"] / "job-mlp"), "gmf", info)
 

@@ -98,15 +98,15 @@ class TrainItems:
         stride = self.num_items + 1
         users, items = self.keys // stride, self.keys % stride
         order = np.lexsort((items, self.later, users))  # by user, latest first, then item
-        users, items, later = users[order], items[order], self.later[order]
+        users, items = users[order], items[order]
+        weights = self.recency_weights(half_life, 0.0)[order] if half_life > 0 else np.ones(users.size, np.float32)
         starts = np.searchsorted(users, np.arange(self.num_users + 1))
         rank = np.arange(users.size) - starts[users]
         keep = rank < length
         history_items = np.full((self.num_users + 1, length), self.num_items, np.int64)
         history_weights = np.zeros((self.num_users + 1, length), np.float32)
         history_items[users[keep], rank[keep]] = items[keep]
-        history_weights[users[keep], rank[keep]] = (
-            np.power(0.5, later[keep] / half_life) if half_life > 0 else 1.0)
+        history_weights[users[keep], rank[keep]] = weights[keep]
         return history_items, history_weights
 
     def user_items(self, user: int) -> np.ndarray:
